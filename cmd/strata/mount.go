@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/fs"
+)
+
+func init() {
+	registerVerb(verb{
+		name:    "mount",
+		summary: "serve a union of layers at a mountpoint",
+		run:     runMount,
+	})
+}
+
+// mountOptions is what the mount verb's flags say.
+type mountOptions struct {
+	lowers     []string
+	upper      string
+	work       string
+	opts       []string
+	foreground bool
+	debug      bool
+	mountpoint string
+	storeRef   string // a container or image in the store, instead of layers
+}
+
+// daemonReadyEnv names the descriptor on which a background mount reports
+// to the command that started it: "ok", or the error text.
+const daemonReadyEnv = "STRATA_MOUNT_READY_FD"
+
+func runMount(args []string) error {
+	var o mountOptions
+	f := newFlagSet("mount", "--lower DIR [--lower DIR...] [--upper DIR --work DIR] [-o OPTIONS] [--foreground] MOUNTPOINT\n       strata mount CONTAINER|IMAGE MOUNTPOINT")
+	f.StringArrayVar(&o.lowers, "lower", nil, "a read-only layer; the first given is the topmost (repeatable)")
+	f.StringVar(&o.upper, "upper", "", "the writable layer")
+	f.StringVar(&o.work, "work", "", "scratch directory on the upper layer's filesystem")
+	f.StringArrayVarP(&o.opts, "options", "o", nil, "mount options: lowerdir=A:B,upperdir=U,workdir=W,ro,allow_other,volatile,...")
+	f.BoolVarP(&o.foreground, "foreground", "f", false, "stay attached and log here")
+	f.BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --foreground)")
+	if err := f.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	switch f.NArg() {
+	case 1:
+		o.mountpoint = f.Arg(0)
+	case 2:
+		o.storeRef, o.mountpoint = f.Arg(0), f.Arg(1)
+	default:
+		f.Usage()
+		return fmt.Errorf("%w: mount needs a MOUNTPOINT", errUsage)
+	}
+	spec, err := o.spec()
+	if err != nil {
+		return err
+	}
+	if err := preflight(o.mountpoint); err != nil {
+		return err
+	}
+	if o.foreground || o.debug || os.Getenv(daemonReadyEnv) != "" {
+		return serveMount(o.mountpoint, spec)
+	}
+	return startDaemon(args)
+}
+
+// spec merges flags and -o options into one description of the mount.
+func (o *mountOptions) spec() (*fs.MountSpec, error) {
+	spec := &fs.MountSpec{}
+	for _, s := range o.opts {
+		if err := fs.ParseMountOptions(s, spec); err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range spec.Unknown {
+		fmt.Fprintf(os.Stderr, "strata: mount: unknown option %q skipped\n", u)
+	}
+	if len(o.lowers) > 0 {
+		spec.Lowers = o.lowers
+	}
+	if o.upper != "" {
+		spec.Upper = o.upper
+	}
+	if o.work != "" {
+		spec.Work = o.work
+	}
+	if o.storeRef != "" {
+		if len(spec.Lowers) > 0 {
+			return nil, fmt.Errorf("%w: give either layers or a container/image, not both", errUsage)
+		}
+		if err := specFromStore(o.storeRef, spec); err != nil {
+			return nil, err
+		}
+	}
+	if len(spec.Lowers) == 0 {
+		return nil, fmt.Errorf("%w: no lower layer (use --lower or -o lowerdir=)", errUsage)
+	}
+	spec.Mount.Debug = spec.Mount.Debug || o.debug
+	spec.DefaultAccess(os.Geteuid())
+	return spec, nil
+}
+
+// specFromStore fills the layers of a container or image from the store. It
+// is replaced when the image store is linked in.
+var specFromStore = func(ref string, spec *fs.MountSpec) error {
+	return fmt.Errorf("%w: %q is not a layer list and the image store is not available", errUsage, ref)
+}
+
+// preflight checks what the kernel needs before anything is touched, and
+// clears a mountpoint left dead by a killed daemon.
+func preflight(mountpoint string) error {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("/dev/fuse is missing (load the fuse module or pass the device into this container): %w", err)
+	}
+	_, err := os.Stat(mountpoint)
+	if errors.Is(err, syscall.ENOTCONN) {
+		// "Transport endpoint is not connected": the daemon died.
+		if uerr := unix.Unmount(mountpoint, unix.MNT_DETACH); uerr != nil {
+			return fmt.Errorf("mountpoint %s is a dead FUSE mount and could not be cleared: %w", mountpoint, uerr)
+		}
+		fmt.Fprintf(os.Stderr, "strata: cleared the dead mount at %s\n", mountpoint)
+		_, err = os.Stat(mountpoint)
+	}
+	if err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
+	}
+	st, _ := os.Stat(mountpoint)
+	if !st.IsDir() {
+		return fmt.Errorf("mountpoint %s is not a directory", mountpoint)
+	}
+	return nil
+}
+
+// startDaemon runs this same command again in the background with a pipe on
+// which the child says when the mount is live, and returns then.
+func startDaemon(args []string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, append([]string{"mount"}, args...)...)
+	cmd.Env = append(os.Environ(), daemonReadyEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start mount daemon: %w", err)
+	}
+	w.Close()
+	msg, _ := io.ReadAll(bufio.NewReader(r))
+	r.Close()
+	text := strings.TrimSpace(string(msg))
+	if text == "ok" {
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	if text == "" {
+		text = "the mount daemon exited before the mount was live"
+	}
+	return errors.New(text)
+}
+
+// serveMount mounts and serves until the filesystem is unmounted or a
+// SIGTERM/SIGINT asks for it.
+func serveMount(mountpoint string, spec *fs.MountSpec) error {
+	ready := readyPipe()
+	unix.Umask(0) // modes come from the kernel with the caller's umask applied
+	cfg := fs.Config{Lowers: spec.Lowers, Upper: spec.Upper, Work: spec.Work, Volatile: spec.Volatile, ReadOnly: spec.ReadOnly}
+	srv, err := fs.Mount(mountpoint, cfg, spec.Mount)
+	if err != nil {
+		if ready != nil {
+			fmt.Fprintf(ready, "%v\n", err)
+			ready.Close()
+		}
+		return err
+	}
+	defer srv.Close()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		log.Printf("strata: %v: unmounting %s", s, mountpoint)
+		if err := srv.Unmount(); err != nil {
+			log.Printf("strata: unmount: %v; detaching", err)
+			unix.Unmount(mountpoint, unix.MNT_DETACH)
+		}
+	}()
+	if ready != nil {
+		fmt.Fprintln(ready, "ok")
+		ready.Close()
+	} else {
+		abs, _ := filepath.Abs(mountpoint)
+		log.Printf("strata: serving %s (%d lower layers)", abs, len(spec.Lowers))
+	}
+	srv.Wait()
+	return nil
+}
+
+func readyPipe() *os.File {
+	v := os.Getenv(daemonReadyEnv)
+	if v == "" {
+		return nil
+	}
+	os.Unsetenv(daemonReadyEnv)
+	return os.NewFile(3, "ready")
+}

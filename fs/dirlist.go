@@ -1,0 +1,257 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+// lowerRef names an object in a lower layer: the layer's index in
+// union.lowers and the path relative to that layer's root. Lower layers never
+// change, so a lowerRef stays valid for the life of the mount.
+type lowerRef struct {
+	layer int
+	rel   string
+}
+
+// lowerEntry is one visible name of a merged lower directory.
+type lowerEntry struct {
+	layer int    // topmost lower layer holding the name
+	mode  uint32 // S_IFMT of that entry
+	ino   uint64 // its backing inode number (d_ino), not yet folded
+	// dirLayers lists, for a directory, every lower layer from the top one
+	// down in which the same name is also a directory and not hidden by a
+	// whiteout or a non-directory above it. Opacity of those child
+	// directories is checked when the child's own listing is built.
+	dirLayers []int
+}
+
+// lowerListing is the merge of one directory across the lower layers. It is
+// built once per directory node (lower layers never change) and answers
+// every lookup and readdir in that directory without a further syscall into
+// the lowers: a missing name costs a map lookup whatever the stack depth.
+type lowerListing struct {
+	entries map[string]*lowerEntry
+	names   []string // sorted visible names, the readdir order
+}
+
+// layerScan is what one layer's directory contributes.
+type layerScan struct {
+	entries   map[string]lowerEntry
+	whiteouts []string
+	opaque    bool
+}
+
+// lowerDirSet is where a directory's lower content lives: the same relative
+// path rel in each of the lower layers listed, top first. Without a rename
+// rel is the directory's own path; a renamed directory keeps the rel of the
+// place it came from (overlayfs's redirect).
+type lowerDirSet struct {
+	rel    string
+	layers []int
+}
+
+func (s lowerDirSet) empty() bool { return len(s.layers) == 0 }
+
+// child is the set for the entry name, merged over the given layers.
+func (s lowerDirSet) child(name string, layers []int) lowerDirSet {
+	return lowerDirSet{rel: joinRel(s.rel, name), layers: layers}
+}
+
+// buildLowerListing merges the directory set dirs. Each layer directory is
+// read once. A layer whose directory is opaque ends the merge after itself;
+// the layers actually merged are returned.
+func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error) {
+	ll := &lowerListing{entries: map[string]*lowerEntry{}}
+	hidden := map[string]bool{}
+	var used []int
+	for _, li := range dirs.layers {
+		d := lowerRef{layer: li, rel: dirs.rel}
+		scan, err := u.scanLowerDir(d)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			// A redirect may name a path some layers do not have.
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		used = append(used, li)
+		for name, e := range scan.entries {
+			if hidden[name] {
+				continue
+			}
+			if prev, ok := ll.entries[name]; ok {
+				// A name decided above: a lower directory of the same
+				// name merges into it only if the upper one is a
+				// directory that is still open to merging.
+				if prev.mode == unix.S_IFDIR && e.mode == unix.S_IFDIR && prev.dirLayers != nil {
+					prev.dirLayers = append(prev.dirLayers, d.layer)
+				} else if prev.mode == unix.S_IFDIR {
+					prev.dirLayers = closeMerge(prev.dirLayers)
+				}
+				continue
+			}
+			ent := e
+			if e.mode == unix.S_IFDIR {
+				ent.dirLayers = []int{d.layer}
+			}
+			ll.entries[name] = &ent
+		}
+		for _, name := range scan.whiteouts {
+			if prev, ok := ll.entries[name]; ok {
+				if prev.layer != d.layer && prev.mode == unix.S_IFDIR {
+					prev.dirLayers = closeMerge(prev.dirLayers)
+				}
+				continue
+			}
+			hidden[name] = true
+		}
+		if scan.opaque {
+			break
+		}
+	}
+	for name, e := range ll.entries {
+		e.dirLayers = openMerge(e.dirLayers)
+		ll.names = append(ll.names, name)
+	}
+	sort.Strings(ll.names)
+	return ll, used, nil
+}
+
+// A merge list is "closed" (no more layers may join) by marking it with a
+// negative sentinel; openMerge strips the sentinel when the merge is done.
+func closeMerge(l []int) []int {
+	if len(l) > 0 && l[len(l)-1] < 0 {
+		return l
+	}
+	return append(l, -1)
+}
+
+func openMerge(l []int) []int {
+	if len(l) > 0 && l[len(l)-1] < 0 {
+		return l[:len(l)-1]
+	}
+	return l
+}
+
+// scanLowerDir reads one directory of one lower layer.
+func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
+	l := u.lowers[d.layer]
+	fd, err := l.open(d.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open lower dir %q in %s: %w", d.rel, l.path, err)
+	}
+	defer unix.Close(fd)
+	scan := &layerScan{entries: map[string]lowerEntry{}}
+	opaqueVal, hasOpaque := overlayOpaqueValue(fd)
+	scan.opaque = hasOpaque && opaqueVal == "y"
+	xwhiteouts := hasOpaque && opaqueVal == "x"
+	err = readDirents(fd, func(name string, ino uint64, dtype uint8) error {
+		switch {
+		case whiteout.IsOCIOpaque(name):
+			scan.opaque = true
+			return nil
+		case len(name) > len(whiteout.OCIPrefix) && name[:len(whiteout.OCIPrefix)] == whiteout.OCIPrefix:
+			if target, ok := whiteout.OCITarget(name); ok {
+				scan.whiteouts = append(scan.whiteouts, target)
+			}
+			return nil
+		}
+		mode := dtypeToMode(dtype)
+		if mode == unix.S_IFCHR || (xwhiteouts && mode == unix.S_IFREG) || mode == 0 {
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("stat %q in %s: %w", joinRel(d.rel, name), l.path, err)
+			}
+			mode = st.Mode & unix.S_IFMT
+			if whiteout.IsCharWhiteout(&st) || (xwhiteouts && whiteout.IsWhiteout(fd, name, &st)) {
+				scan.whiteouts = append(scan.whiteouts, name)
+				return nil
+			}
+		}
+		scan.entries[name] = lowerEntry{layer: d.layer, mode: mode, ino: ino}
+		return nil
+	})
+	return scan, err
+}
+
+// overlayOpaqueValue reads the overlay opaque xattr of a directory fd, from
+// either private namespace: "y" is opaque, "x" means the directory holds
+// xattr whiteouts.
+func overlayOpaqueValue(fd int) (string, bool) {
+	var buf [8]byte
+	for _, attr := range []string{whiteout.XattrTrustedPrefix + "opaque", whiteout.XattrUserPrefix + "opaque"} {
+		n, err := unix.Fgetxattr(fd, attr, buf[:])
+		if err == nil {
+			return string(buf[:n]), true
+		}
+	}
+	return "", false
+}
+
+func dtypeToMode(t uint8) uint32 {
+	switch t {
+	case unix.DT_REG:
+		return unix.S_IFREG
+	case unix.DT_DIR:
+		return unix.S_IFDIR
+	case unix.DT_LNK:
+		return unix.S_IFLNK
+	case unix.DT_CHR:
+		return unix.S_IFCHR
+	case unix.DT_BLK:
+		return unix.S_IFBLK
+	case unix.DT_FIFO:
+		return unix.S_IFIFO
+	case unix.DT_SOCK:
+		return unix.S_IFSOCK
+	}
+	return 0
+}
+
+// readDirents calls fn for every entry of the open directory fd except "."
+// and "..".
+func readDirents(fd int, fn func(name string, ino uint64, dtype uint8) error) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("getdents: %w", err)
+		}
+		if n <= 0 {
+			return nil
+		}
+		for off := 0; off < n; {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name
+			rec := buf[off:]
+			ino := le64(rec[0:8])
+			reclen := int(rec[16]) | int(rec[17])<<8
+			dtype := rec[18]
+			nameBytes := rec[19:reclen]
+			end := 0
+			for end < len(nameBytes) && nameBytes[end] != 0 {
+				end++
+			}
+			name := string(nameBytes[:end])
+			off += reclen
+			if name == "." || name == ".." {
+				continue
+			}
+			if err := fn(name, ino, dtype); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func le64(b []byte) uint64 {
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}

@@ -1,0 +1,237 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// openState tracks the node's passthrough handles. go-fuse registers one
+// kernel backing file per node and hands the same backing id to every later
+// passthrough open while any is live. If a file was opened from the lower
+// layer and is then copied up, an upper open given that id would write into
+// the LOWER file. So a passthrough handle is only handed out when no
+// passthrough handle of the other source is live; otherwise the open is
+// served through FUSE (direct I/O, which the kernel allows beside
+// passthrough opens). Guarded by node.mu.
+type openState struct {
+	ptCount int  // live passthrough handles
+	ptUpper bool // their backing file is the upper one
+}
+
+// file is an open regular file: a descriptor of the upper or lower backing
+// file. All I/O goes to fd.
+type file struct {
+	n     *node
+	fd    int
+	upper bool // fd is the upper file (else a lower one, read-only)
+	pt    bool // handed out as passthrough
+}
+
+// passthroughFile is a file the kernel reads and writes directly; only this
+// type implements FilePassthroughFder, so go-fuse registers a backing file
+// for it alone.
+type passthroughFile struct{ *file }
+
+func (f passthroughFile) PassthroughFd() (int, bool) { return f.fd, true }
+
+var (
+	_ gofs.NodeOpener          = (*node)(nil)
+	_ gofs.FileReader          = (*file)(nil)
+	_ gofs.FileWriter          = (*file)(nil)
+	_ gofs.FileReleaser        = (*file)(nil)
+	_ gofs.FileFsyncer         = (*file)(nil)
+	_ gofs.FileLseeker         = (*file)(nil)
+	_ gofs.FileAllocater       = (*file)(nil)
+	_ gofs.FileGetlker         = (*file)(nil)
+	_ gofs.FileSetlker         = (*file)(nil)
+	_ gofs.FileSetlkwer        = (*file)(nil)
+	_ gofs.FileFlusher         = (*file)(nil)
+	_ gofs.FileGetattrer       = (*file)(nil)
+	_ gofs.FileSetattrer       = (*file)(nil)
+	_ gofs.FilePassthroughFder = passthroughFile{}
+)
+
+const writeAccess = unix.O_WRONLY | unix.O_RDWR
+
+// Open opens the backing file, copying it up first when the open may
+// change it.
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	f, err := n.open(int(flags))
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return n.handOut(f)
+}
+
+func (n *node) open(flags int) (*file, error) {
+	wantsUpper := flags&writeAccess != 0 || flags&unix.O_TRUNC != 0
+	if wantsUpper {
+		if n.u.upper == nil || n.u.cfg.ReadOnly {
+			return nil, unix.EROFS
+		}
+		if err := n.copyUp(ctx0, flags&unix.O_TRUNC == 0); err != nil {
+			return nil, err
+		}
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	openFlags := flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	if n.inUpper && !(n.metacopy && !wantsUpper) {
+		dirfd, name, err := n.openUpperParent()
+		if err != nil {
+			return nil, err
+		}
+		defer unix.Close(dirfd)
+		fd, err := unix.Openat(dirfd, name, openFlags, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open upper: %w", err)
+		}
+		if flags&unix.O_TRUNC != 0 && n.metacopy {
+			n.metacopy = false
+			n.hasLower = false
+			removexattrAt(fd, "", n.u.overlayNS+"metacopy")
+			removexattrAt(fd, "", n.u.overlayNS+"redirect")
+		}
+		return &file{n: n, fd: fd, upper: true}, nil
+	}
+	// Read-only open of lower data (a lower file or a metacopy's data).
+	fd, err := n.u.lowers[n.lower.layer].open(n.lower.rel, openFlags&^(unix.O_TRUNC|unix.O_APPEND), 0)
+	if err != nil {
+		return nil, fmt.Errorf("open lower: %w", err)
+	}
+	return &file{n: n, fd: fd}, nil
+}
+
+// handOut decides between a passthrough and a FUSE-served handle.
+func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
+	if !n.u.passthrough {
+		return f, 0, 0
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.opens.ptCount > 0 && n.opens.ptUpper != f.upper {
+		return f, fuse.FOPEN_DIRECT_IO, 0
+	}
+	n.opens.ptCount++
+	n.opens.ptUpper = f.upper
+	f.pt = true
+	return passthroughFile{f}, 0, 0
+}
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	if f.pt {
+		f.n.mu.Lock()
+		f.n.opens.ptCount--
+		f.n.mu.Unlock()
+	}
+	return toErrno(unix.Close(f.fd))
+}
+
+func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := unix.Pread(f.fd, dest, off)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := unix.Pwrite(f.fd, data, off)
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	return uint32(n), 0
+}
+
+func (f *file) Flush(ctx context.Context) syscall.Errno {
+	// close(dup(fd)) reports delayed write errors the way close(2) would.
+	fd, err := unix.Dup(f.fd)
+	if err != nil {
+		return toErrno(err)
+	}
+	return toErrno(unix.Close(fd))
+}
+
+func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if flags&1 != 0 {
+		return toErrno(unix.Fdatasync(f.fd))
+	}
+	return toErrno(unix.Fsync(f.fd))
+}
+
+func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	r, err := unix.Seek(f.fd, int64(off), int(whence))
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	return uint64(r), 0
+}
+
+func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	return toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
+}
+
+func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return f.n.Getattr(ctx, f, out)
+}
+
+func (f *file) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return f.n.Setattr(ctx, f, in, out)
+}
+
+// Locks are OFD locks on the backing descriptor, keyed by the lock owner the
+// kernel passes, so POSIX and flock semantics hold across processes.
+func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	flk := unix.Flock_t{}
+	lk.ToFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
+	if err := unix.FcntlFlock(uintptr(f.fd), unix.F_OFD_GETLK, &flk); err != nil {
+		return toErrno(err)
+	}
+	out.FromFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
+	return 0
+}
+
+func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setLock(lk, flags, false)
+}
+
+func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setLock(lk, flags, true)
+}
+
+func (f *file) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
+	if flags&fuse.FUSE_LK_FLOCK != 0 {
+		var op int
+		switch lk.Typ {
+		case unix.F_RDLCK:
+			op = unix.LOCK_SH
+		case unix.F_WRLCK:
+			op = unix.LOCK_EX
+		case unix.F_UNLCK:
+			op = unix.LOCK_UN
+		default:
+			return syscall.EINVAL
+		}
+		if !wait {
+			op |= unix.LOCK_NB
+		}
+		return toErrno(unix.Flock(f.fd, op))
+	}
+	flk := unix.Flock_t{}
+	lk.ToFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
+	cmd := unix.F_OFD_SETLK
+	if wait {
+		cmd = unix.F_OFD_SETLKW
+	}
+	return toErrno(unix.FcntlFlock(uintptr(f.fd), cmd, &flk))
+}
+
+// ctx0 is the context for internal work not tied to one request.
+var ctx0 = context.Background()

@@ -1,0 +1,425 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+var (
+	_ gofs.NodeCreater   = (*node)(nil)
+	_ gofs.NodeMkdirer   = (*node)(nil)
+	_ gofs.NodeMknoder   = (*node)(nil)
+	_ gofs.NodeSymlinker = (*node)(nil)
+	_ gofs.NodeLinker    = (*node)(nil)
+	_ gofs.NodeUnlinker  = (*node)(nil)
+	_ gofs.NodeRmdirer   = (*node)(nil)
+	_ gofs.NodeRenamer   = (*node)(nil)
+)
+
+// slot describes the place a new entry goes: the upper directory and what
+// stands at the name now.
+type slot struct {
+	dirfd        int
+	name         string
+	overWhiteout bool // a whiteout must be replaced (atomically, via the work dir)
+	lowerHasName bool // a lower entry of this name is hidden below
+}
+
+// prepareSlot copies this directory up and checks that name is free in the
+// view. Caller holds u.treeMu shared; the caller closes s.dirfd.
+func (n *node) prepareSlot(name string) (*slot, error) {
+	if len(name) > 255 {
+		return nil, unix.ENAMETOOLONG
+	}
+	if n.u.upper == nil || n.u.cfg.ReadOnly {
+		return nil, unix.EROFS
+	}
+	if err := n.copyUpLocked(false); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ll, err := n.lowerListingLocked()
+	if err != nil {
+		return nil, err
+	}
+	dirfd, err := n.openUpperDir()
+	if err != nil {
+		return nil, fmt.Errorf("open upper dir: %w", err)
+	}
+	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.upperOpaque && ll.entries[name] != nil}
+	var st unix.Stat_t
+	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case err == nil && whiteout.IsWhiteout(dirfd, name, &st):
+		s.overWhiteout = true
+	case err == nil:
+		unix.Close(dirfd)
+		return nil, unix.EEXIST
+	case !errors.Is(err, unix.ENOENT):
+		unix.Close(dirfd)
+		return nil, fmt.Errorf("stat upper %q: %w", name, err)
+	case s.lowerHasName && !(n.u.wfmt == whiteout.FormatOCI && n.hasOCIWhiteout(dirfd, name)):
+		unix.Close(dirfd)
+		return nil, unix.EEXIST
+	}
+	return s, nil
+}
+
+// owner is who a new entry belongs to: the caller, with the group of a
+// setgid parent directory.
+func (s *slot) owner(ctx context.Context) (uid, gid int) {
+	uid, gid = 0, 0
+	if c, ok := ctx.(*fuse.Context); ok {
+		uid, gid = int(c.Caller.Uid), int(c.Caller.Gid)
+	}
+	var st unix.Stat_t
+	if unix.Fstat(s.dirfd, &st) == nil && st.Mode&unix.S_ISGID != 0 {
+		gid = -1 // the filesystem already gave it the directory's group
+	}
+	return uid, gid
+}
+
+// makeEntry creates the entry with make(dirfd, name). Over a whiteout the
+// entry is made in the work directory, given its owner (and, for a
+// directory, the opaque mark) and renamed over the whiteout in one step.
+func (n *node) makeEntry(ctx context.Context, s *slot, isDir bool, make func(dirfd int, name string) error) error {
+	uid, gid := s.owner(ctx)
+	if !s.overWhiteout {
+		if err := make(s.dirfd, s.name); err != nil {
+			return err
+		}
+		if err := unix.Fchownat(s.dirfd, s.name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			removeAllAt(s.dirfd, s.name)
+			return fmt.Errorf("chown new entry: %w", err)
+		}
+		return nil
+	}
+	workfd, err := n.u.workDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(workfd)
+	tmp := n.u.tmpName()
+	if err := make(workfd, tmp); err != nil {
+		return err
+	}
+	if gid == -1 {
+		var st unix.Stat_t
+		if unix.Fstat(s.dirfd, &st) == nil {
+			gid = int(st.Gid)
+		}
+	}
+	err = unix.Fchownat(workfd, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && isDir {
+		err = n.u.markOpaque(workfd, tmp)
+	}
+	if err == nil {
+		err = unix.Renameat(workfd, tmp, s.dirfd, s.name)
+	}
+	if err != nil {
+		removeAllAt(workfd, tmp)
+		return fmt.Errorf("replace whiteout %q: %w", s.name, err)
+	}
+	return nil
+}
+
+// markOpaque marks dirfd/name opaque in the mount's format.
+func (u *union) markOpaque(dirfd int, name string) error {
+	if u.wfmt == whiteout.FormatOCI {
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return whiteout.SetOpaque(fd, whiteout.FormatOCI)
+	}
+	return setxattrAt(dirfd, name, u.overlayNS+"opaque", []byte("y"), 0)
+}
+
+// newUpperChild makes the node for an entry just created in the upper
+// directory. Caller holds u.treeMu shared.
+func (n *node) newUpperChild(ctx context.Context, s *slot, out *fuse.EntryOut, isDir bool) (*node, error) {
+	ci := &childInfo{inUpper: true}
+	if err := unix.Fstatat(s.dirfd, s.name, &ci.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, fmt.Errorf("stat new entry: %w", err)
+	}
+	ci.ino = n.u.upper.foldIno(ci.st.Ino)
+	ci.opaque = isDir && s.overWhiteout
+	child := n.newChild(ctx, s.name, ci)
+	child.fillEntry(&ci.st, out)
+	return child, nil
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	s, err := n.prepareSlot(name)
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	defer unix.Close(s.dirfd)
+	openFlags := int(flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd := -1
+	err = n.makeEntry(ctx, s, false, func(dirfd int, nm string) error {
+		var e error
+		fd, e = unix.Openat(dirfd, nm, openFlags|unix.O_CREAT|unix.O_EXCL, mode&0o7777)
+		return e
+	})
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	child, err := n.newUpperChild(ctx, s, &fuse.EntryOut{}, false)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, toErrno(err)
+	}
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	child.fillEntry(&st, out)
+	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true})
+	return &child.Inode, fh, fuseFlags, errno
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.mkEntry(ctx, name, true, out, func(dirfd int, nm string) error {
+		return unix.Mkdirat(dirfd, nm, mode&0o7777)
+	})
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.mkEntry(ctx, name, false, out, func(dirfd int, nm string) error {
+		return unix.Mknodat(dirfd, nm, mode, int(dev))
+	})
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.mkEntry(ctx, name, false, out, func(dirfd int, nm string) error {
+		return unix.Symlinkat(target, dirfd, nm)
+	})
+}
+
+func (n *node) mkEntry(ctx context.Context, name string, isDir bool, out *fuse.EntryOut, make func(int, string) error) (*gofs.Inode, syscall.Errno) {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	s, err := n.prepareSlot(name)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer unix.Close(s.dirfd)
+	if err := n.makeEntry(ctx, s, isDir, make); err != nil {
+		return nil, toErrno(err)
+	}
+	child, err := n.newUpperChild(ctx, s, out, isDir)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return &child.Inode, 0
+}
+
+// Link makes a new name for target; target is copied up with its data.
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	if err := t.copyUp(ctx, true); err != nil {
+		return nil, toErrno(err)
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	s, err := n.prepareSlot(name)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer unix.Close(s.dirfd)
+	t.mu.Lock()
+	tdir, tname, err := t.openUpperParent()
+	t.mu.Unlock()
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer unix.Close(tdir)
+	err = n.linkInto(s, tdir, tname)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(s.dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, toErrno(err)
+	}
+	t.fillEntry(&st, out)
+	return &t.Inode, 0
+}
+
+func (n *node) linkInto(s *slot, tdir int, tname string) error {
+	if !s.overWhiteout {
+		return unix.Linkat(tdir, tname, s.dirfd, s.name, 0)
+	}
+	workfd, err := n.u.workDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(workfd)
+	tmp := n.u.tmpName()
+	if err := unix.Linkat(tdir, tname, workfd, tmp, 0); err != nil {
+		return err
+	}
+	if err := unix.Renameat(workfd, tmp, s.dirfd, s.name); err != nil {
+		unix.Unlinkat(workfd, tmp, 0)
+		return err
+	}
+	return nil
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return toErrno(n.remove(ctx, name, false))
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return toErrno(n.remove(ctx, name, true))
+}
+
+// remove deletes name from the view: the upper entry goes, and a whiteout
+// stays where a lower entry of that name would show through.
+func (n *node) remove(ctx context.Context, name string, dir bool) error {
+	if n.u.upper == nil || n.u.cfg.ReadOnly {
+		return unix.EROFS
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	ci, err := n.lookupLocked(name)
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	isDir := ci.st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if dir && !isDir {
+		return unix.ENOTDIR
+	}
+	if !dir && isDir {
+		return unix.EISDIR
+	}
+	if isDir {
+		child := n.newChild(ctx0, name, ci)
+		empty, err := child.isEmpty()
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return unix.ENOTEMPTY
+		}
+	}
+	if err := n.copyUpLocked(false); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ll, err := n.lowerListingLocked()
+	if err != nil {
+		return err
+	}
+	needWhiteout := !n.upperOpaque && ll.entries[name] != nil
+	dirfd, err := n.openUpperDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	if err := n.removeUpper(dirfd, name, ci.inUpper, isDir, needWhiteout); err != nil {
+		return err
+	}
+	if child := n.GetChild(name); child != nil {
+		if c, ok := child.Operations().(*node); ok {
+			c.detachFrom(n, name)
+		}
+	}
+	return nil
+}
+
+// removeUpper removes dirfd/name from the upper layer and leaves a whiteout
+// if needed; both in one atomic step where an upper entry exists.
+func (n *node) removeUpper(dirfd int, name string, inUpper, isDir, needWhiteout bool) error {
+	if !inUpper {
+		if err := whiteout.Create(dirfd, name, n.u.wfmt); err != nil {
+			return err
+		}
+		return nil
+	}
+	if !isDir && !needWhiteout {
+		return unix.Unlinkat(dirfd, name, 0)
+	}
+	if isDir && !needWhiteout {
+		if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err == nil {
+			return nil
+		}
+	}
+	workfd, err := n.u.workDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(workfd)
+	tmp := n.u.tmpName()
+	flags := uint(0)
+	if needWhiteout {
+		flags = unix.RENAME_WHITEOUT
+		if n.u.wfmt == whiteout.FormatOCI {
+			flags = 0
+		}
+	}
+	if err := unix.Renameat2(dirfd, name, workfd, tmp, flags); err != nil {
+		return fmt.Errorf("remove %q: %w", name, err)
+	}
+	if needWhiteout && n.u.wfmt == whiteout.FormatOCI {
+		if err := whiteout.Create(dirfd, name, whiteout.FormatOCI); err != nil {
+			return err
+		}
+	}
+	return removeAllAt(workfd, tmp)
+}
+
+// detachFrom forgets the name parent/name of a node that was removed or
+// replaced there, unless the node was renamed away meanwhile.
+func (n *node) detachFrom(parent *node, name string) {
+	if n.parent == parent && n.name == name {
+		n.parent = nil
+	}
+}
+
+// isEmpty reports whether the directory shows no entries in the view.
+// Caller holds u.treeMu shared.
+func (n *node) isEmpty() (bool, error) {
+	ents, err := n.mergedEntries(false)
+	if err != nil {
+		return false, err
+	}
+	return len(ents) == 0, nil
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
+		// overlayfs refuses RENAME_WHITEOUT and unknown flags alike.
+		return syscall.EINVAL
+	}
+	if len(newName) > 255 {
+		return syscall.ENAMETOOLONG
+	}
+	if n.u.upper == nil || n.u.cfg.ReadOnly {
+		return syscall.EROFS
+	}
+	n.u.treeMu.Lock()
+	defer n.u.treeMu.Unlock()
+	return toErrno(n.rename(ctx, name, np, newName, flags))
+}

@@ -1,0 +1,544 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+// node is one inode of the union view. Nodes are keyed by inode number
+// (go-fuse returns the live node for a number it knows), so two names that
+// are hard links of one lower file share one node.
+type node struct {
+	gofs.Inode
+	u    *union
+	kind uint32 // S_IFMT; never changes
+	ino  uint64 // st_ino shown to the user; never changes
+
+	// parent and name are one name of this node in the view, the one used
+	// to reach its upper entry. Guarded by u.treeMu.
+	parent *node
+	name   string
+
+	// mu guards the fields below. Lock order: u.treeMu, then a directory
+	// node's mu before its children's; two unrelated nodes in address order.
+	mu sync.Mutex
+	// inUpper: the object exists in the upper layer at parent/name.
+	inUpper bool
+	// lower is the lower object this one shows or was copied from; for a
+	// metacopy upper file it is where the data still lives.
+	lower    lowerRef
+	hasLower bool
+	// metacopy: the upper file holds metadata only; data is in lower.
+	metacopy bool
+	// Directories: the lower directories merged below the upper one, the
+	// cached merge of their entries, and whether the upper one is opaque.
+	lowerDirs   lowerDirSet
+	listing     *lowerListing
+	upperOpaque bool
+	// Open file bookkeeping for passthrough (see file.go).
+	opens openState
+}
+
+var (
+	_ gofs.NodeLookuper    = (*node)(nil)
+	_ gofs.NodeGetattrer   = (*node)(nil)
+	_ gofs.NodeReadlinker  = (*node)(nil)
+	_ gofs.NodeStatfser    = (*node)(nil)
+	_ gofs.NodeOnForgetter = (*node)(nil)
+)
+
+func (u *union) newRoot() (*node, error) {
+	root := &node{u: u, kind: unix.S_IFDIR}
+	all := make([]int, len(u.lowers))
+	for i := range all {
+		all[i] = i
+	}
+	root.lowerDirs = lowerDirSet{rel: "", layers: all}
+	var st unix.Stat_t
+	if u.upper != nil {
+		root.inUpper = true
+		if err := unix.Fstat(u.upper.rootFd, &st); err != nil {
+			return nil, fmt.Errorf("upper: %w", err)
+		}
+		fd, err := u.upper.open("", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("upper: %w", err)
+		}
+		v, ok := overlayOpaqueValue(fd)
+		unix.Close(fd)
+		if ok && v == "y" {
+			root.upperOpaque = true
+			root.lowerDirs = lowerDirSet{}
+		}
+		root.ino = u.upper.foldIno(st.Ino)
+	} else {
+		if err := unix.Fstat(u.lowers[0].rootFd, &st); err != nil {
+			return nil, fmt.Errorf("lower: %w", err)
+		}
+		root.ino = u.lowers[0].foldIno(st.Ino)
+	}
+	if root.ino <= 1 {
+		root.ino = 1
+	}
+	return root, nil
+}
+
+// upperRel is the node's path relative to the upper root. Caller holds
+// u.treeMu (shared is enough).
+func (n *node) upperRel() string {
+	if n.parent == nil {
+		return ""
+	}
+	var parts []string
+	for p := n; p.parent != nil; p = p.parent {
+		parts = append(parts, p.name)
+	}
+	for i, j := 0, len(parts)-1; i < j; i, j = i+1, j-1 {
+		parts[i], parts[j] = parts[j], parts[i]
+	}
+	return strings.Join(parts, "/")
+}
+
+// openUpperDir opens this directory's upper entry as O_PATH. Caller holds
+// u.treeMu shared.
+func (n *node) openUpperDir() (int, error) {
+	return n.u.upper.openDir(n.upperRel())
+}
+
+// openUpperParent opens the upper directory that holds this node's entry
+// and returns it with the entry's name. Caller holds u.treeMu shared.
+func (n *node) openUpperParent() (int, string, error) {
+	if n.parent == nil {
+		fd, err := unix.Dup(n.u.upper.rootFd)
+		return fd, "", err
+	}
+	fd, err := n.parent.openUpperDir()
+	return fd, n.name, err
+}
+
+// lowerDirRel is where the child name of this directory lives in layer li.
+func (n *node) lowerChildRef(li int, name string) lowerRef {
+	return lowerRef{layer: li, rel: joinRel(n.lowerDirs.rel, name)}
+}
+
+// lowerListingLocked returns the cached merge of the lower directories,
+// building it on first use. Caller holds n.mu.
+func (n *node) lowerListingLocked() (*lowerListing, error) {
+	if n.listing != nil {
+		return n.listing, nil
+	}
+	if n.lowerDirs.empty() {
+		n.listing = &lowerListing{entries: map[string]*lowerEntry{}}
+		return n.listing, nil
+	}
+	ll, used, err := n.u.buildLowerListing(n.lowerDirs)
+	if err != nil {
+		return nil, err
+	}
+	n.lowerDirs.layers = used
+	n.listing = ll
+	return ll, nil
+}
+
+// childInfo is what a lookup learns about a name before it becomes a node.
+type childInfo struct {
+	st       unix.Stat_t
+	ino      uint64
+	inUpper  bool
+	lower    lowerRef
+	hasLower bool
+	metacopy bool
+	dirs     lowerDirSet
+	opaque   bool
+}
+
+// Lookup finds name in the view: the upper layer first, then the merged
+// lower listing.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if len(name) > 255 {
+		return nil, syscall.ENAMETOOLONG
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	ci, err := n.lookupLocked(name)
+	n.mu.Unlock()
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	child := n.newChild(ctx, name, ci)
+	child.fillEntry(&ci.st, out)
+	return &child.Inode, 0
+}
+
+// lookupLocked resolves name. Caller holds u.treeMu shared and n.mu.
+func (n *node) lookupLocked(name string) (*childInfo, error) {
+	ll, err := n.lowerListingLocked()
+	if err != nil {
+		return nil, err
+	}
+	lowerEnt := ll.entries[name]
+	if n.inUpper {
+		ci, found, err := n.lookupUpper(name, lowerEnt)
+		if err != nil || found {
+			return ci, err
+		}
+		if n.upperOpaque {
+			return nil, unix.ENOENT
+		}
+	}
+	if lowerEnt == nil {
+		return nil, unix.ENOENT
+	}
+	return n.lookupLower(name, lowerEnt)
+}
+
+var errWhiteout = errors.New("whiteout")
+
+// lookupUpper checks the upper directory for name. found is false when the
+// upper has no entry; a whiteout is found and answers ENOENT.
+func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool, error) {
+	dirfd, err := n.openUpperDir()
+	if err != nil {
+		return nil, false, fmt.Errorf("open upper dir: %w", err)
+	}
+	defer unix.Close(dirfd)
+	ci := &childInfo{inUpper: true}
+	if err := unix.Fstatat(dirfd, name, &ci.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			if n.u.wfmt == whiteout.FormatOCI && n.hasOCIWhiteout(dirfd, name) {
+				return nil, true, unix.ENOENT
+			}
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("stat upper %q: %w", name, err)
+	}
+	if whiteout.IsWhiteout(dirfd, name, &ci.st) {
+		return nil, true, unix.ENOENT
+	}
+	n.u.readUpperMeta(dirfd, name, ci)
+	mode := ci.st.Mode & unix.S_IFMT
+	switch {
+	case mode == unix.S_IFDIR:
+		n.upperDirLowers(dirfd, name, lowerEnt, ci)
+	case ci.metacopy:
+		n.metacopyLower(dirfd, name, lowerEnt, ci)
+	case lowerEnt != nil && lowerEnt.mode == mode:
+		// A copied-up file remembers its origin only for identity.
+		ci.lower = n.lowerChildRef(lowerEnt.layer, name)
+		ci.hasLower = false
+	}
+	return ci, true, nil
+}
+
+func (n *node) hasOCIWhiteout(dirfd int, name string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(dirfd, whiteout.OCIName(name), &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+}
+
+// readUpperMeta reads strata's and overlay's bookkeeping of an upper entry:
+// the inode number it had before copy-up, and whether it is a metacopy.
+func (u *union) readUpperMeta(dirfd int, name string, ci *childInfo) {
+	ci.ino = u.upper.foldIno(ci.st.Ino)
+	if v, ok := getxattrString(dirfd, name, u.xattrPrefix+"ino"); ok {
+		if ino, err := strconv.ParseUint(v, 10, 64); err == nil && ino > 1 {
+			ci.ino = ino
+		}
+	}
+	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG {
+		if _, ok := getxattrString(dirfd, name, u.overlayNS+"metacopy"); ok {
+			ci.metacopy = true
+		}
+	}
+}
+
+// upperDirLowers decides which lower directories merge below an upper one:
+// none if it is opaque, those of its redirect if it was renamed, else those
+// of the same name below.
+func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *childInfo) {
+	if v, ok := getxattrString(dirfd, name, n.u.overlayNS+"opaque"); ok && v == "y" {
+		ci.opaque = true
+		return
+	}
+	if n.u.wfmt == whiteout.FormatOCI {
+		if sub, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+			var st unix.Stat_t
+			isOpaque := unix.Fstatat(sub, whiteout.OCIOpaque, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+			unix.Close(sub)
+			if isOpaque {
+				ci.opaque = true
+				return
+			}
+		}
+	}
+	if redirect, ok := getxattrString(dirfd, name, n.u.overlayNS+"redirect"); ok {
+		ci.dirs = n.u.resolveRedirect(n, redirect, unix.S_IFDIR)
+		return
+	}
+	if lowerEnt != nil && lowerEnt.mode == unix.S_IFDIR {
+		ci.dirs = n.lowerDirs.child(name, lowerEnt.dirLayers)
+	}
+}
+
+// metacopyLower finds the data of a metacopy upper file: its redirect, or
+// the same name below.
+func (n *node) metacopyLower(dirfd int, name string, lowerEnt *lowerEntry, ci *childInfo) {
+	if redirect, ok := getxattrString(dirfd, name, n.u.overlayNS+"redirect"); ok {
+		dirs := n.u.resolveRedirect(n, redirect, unix.S_IFREG)
+		if !dirs.empty() {
+			ci.lower, ci.hasLower = lowerRef{layer: dirs.layers[0], rel: dirs.rel}, true
+			return
+		}
+	}
+	if lowerEnt != nil && lowerEnt.mode == unix.S_IFREG {
+		ci.lower, ci.hasLower = n.lowerChildRef(lowerEnt.layer, name), true
+		return
+	}
+	// The data is gone: show the metadata with what the upper holds.
+	ci.metacopy = false
+}
+
+// resolveRedirect finds the lower objects named by an overlay redirect: an
+// absolute path from the lower roots, or a bare name relative to the parent
+// directory's lower location. Only layers holding the path with the wanted
+// type, down to the first opaque or non-matching one, count.
+func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowerDirSet {
+	var rel string
+	if strings.HasPrefix(redirect, "/") {
+		rel = strings.Trim(redirect, "/")
+	} else {
+		rel = joinRel(parent.lowerDirs.rel, redirect)
+	}
+	set := lowerDirSet{rel: rel}
+	for i, l := range u.lowers {
+		fd, err := l.open(rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if err != nil {
+			continue
+		}
+		if st.Mode&unix.S_IFMT != kind {
+			if len(set.layers) > 0 {
+				break
+			}
+			continue
+		}
+		set.layers = append(set.layers, i)
+		if kind != unix.S_IFDIR {
+			break
+		}
+	}
+	return set
+}
+
+// lookupLower stats the topmost lower entry for name.
+func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
+	ref := n.lowerChildRef(e.layer, name)
+	l := n.u.lowers[e.layer]
+	ci := &childInfo{lower: ref, hasLower: true}
+	dir, base := splitRel(ref.rel)
+	dirfd, err := l.openDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open lower dir: %w", err)
+	}
+	err = unix.Fstatat(dirfd, base, &ci.st, unix.AT_SYMLINK_NOFOLLOW)
+	unix.Close(dirfd)
+	if err != nil {
+		return nil, fmt.Errorf("stat lower %q: %w", ref.rel, err)
+	}
+	ci.ino = l.foldIno(ci.st.Ino)
+	if e.mode == unix.S_IFDIR {
+		ci.dirs = n.lowerDirs.child(name, e.dirLayers)
+	}
+	return ci, nil
+}
+
+// newChild finds, by inode number, the live node for a looked-up name, or
+// makes one. go-fuse itself only merges nodes after Lookup returns, so the
+// union keeps its own table: rename and remove must act on the very node
+// the kernel knows.
+func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
+	kind := ci.st.Mode & unix.S_IFMT
+	n.u.nodesMu.Lock()
+	defer n.u.nodesMu.Unlock()
+	if old := n.u.nodes[ci.ino]; old != nil && old.kind == kind && !old.Forgotten() {
+		old.adoptName(n, name)
+		return old
+	}
+	fresh := &node{
+		u: n.u, kind: kind, ino: ci.ino, parent: n, name: name,
+		inUpper: ci.inUpper, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
+		lowerDirs: ci.dirs, upperOpaque: ci.opaque,
+	}
+	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino})
+	n.u.nodes[ci.ino] = fresh
+	return fresh
+}
+
+// adoptName gives a known node the name it was just found under when its
+// recorded name no longer leads to it (it was unlinked or moved).
+// Caller holds u.treeMu shared; the parent pointer is only replaced when
+// the node had lost it.
+func (n *node) adoptName(parent *node, name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.parent == nil && !n.IsRoot() {
+		n.parent, n.name = parent, name
+	}
+}
+
+// OnForget drops the node from the union's table once the kernel and
+// go-fuse let go of it.
+func (n *node) OnForget() {
+	n.u.nodesMu.Lock()
+	if n.u.nodes[n.ino] == n {
+		delete(n.u.nodes, n.ino)
+	}
+	n.u.nodesMu.Unlock()
+}
+
+// fillEntry and fillAttr translate a backing stat into what the kernel sees.
+func (n *node) fillEntry(st *unix.Stat_t, out *fuse.EntryOut) {
+	n.fillAttr(st, &out.Attr)
+}
+
+func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
+	a.FromStat((*syscall.Stat_t)(unsafe.Pointer(st)))
+	a.Ino = n.ino
+	if n.kind == unix.S_IFDIR && n.inUpper && !n.upperOpaque && !n.lowerDirs.empty() {
+		// overlayfs does not count subdirectories of a merged
+		// directory; nlink 1 tells find and others not to rely on it.
+		a.Nlink = 1
+	}
+}
+
+// statLocked stats the object behind the node: the upper entry if there is
+// one, else the lower one. Caller holds u.treeMu shared and n.mu.
+func (n *node) statLocked(st *unix.Stat_t) error {
+	if n.inUpper {
+		dirfd, name, err := n.openUpperParent()
+		if err != nil {
+			return fmt.Errorf("open upper parent: %w", err)
+		}
+		defer unix.Close(dirfd)
+		if name == "" {
+			return unix.Fstat(dirfd, st)
+		}
+		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("stat upper: %w", err)
+		}
+		if n.metacopy {
+			n.lowerBlocks(st)
+		}
+		return nil
+	}
+	return n.statLower(st)
+}
+
+func (n *node) statLower(st *unix.Stat_t) error {
+	if n.parent == nil && !n.hasLower {
+		return unix.Fstat(n.u.lowers[0].rootFd, st)
+	}
+	l := n.u.lowers[n.lower.layer]
+	fd, err := l.open(n.lower.rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open lower %q: %w", n.lower.rel, err)
+	}
+	defer unix.Close(fd)
+	return unix.Fstat(fd, st)
+}
+
+// lowerBlocks reports the block count of a metacopy file's data, as
+// overlayfs does, so du shows where the space is.
+func (n *node) lowerBlocks(st *unix.Stat_t) {
+	var lst unix.Stat_t
+	if n.hasLower && n.statLower(&lst) == nil {
+		st.Blocks = lst.Blocks
+	}
+}
+
+func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f, ok := fh.(*file); ok {
+		var st unix.Stat_t
+		if err := unix.Fstat(f.fd, &st); err != nil {
+			return toErrno(err)
+		}
+		n.mu.Lock()
+		current := f.upper || !n.inUpper
+		if current {
+			n.fillAttr(&st, &out.Attr)
+		}
+		n.mu.Unlock()
+		if current {
+			return 0
+		}
+		// A handle opened on the lower file before a copy-up: the
+		// node's attributes now come from the upper copy.
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var st unix.Stat_t
+	if err := n.statLocked(&st); err != nil {
+		return toErrno(err)
+	}
+	n.fillAttr(&st, &out.Attr)
+	return 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var dirfd int
+	var name string
+	var err error
+	if n.inUpper {
+		dirfd, name, err = n.openUpperParent()
+	} else {
+		dir, base := splitRel(n.lower.rel)
+		name = base
+		dirfd, err = n.u.lowers[n.lower.layer].openDir(dir)
+	}
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	defer unix.Close(dirfd)
+	buf := make([]byte, unix.PathMax)
+	sz, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return buf[:sz], 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	fd := n.u.lowers[0].rootFd
+	if n.u.upper != nil {
+		fd = n.u.upper.rootFd
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Fstatfs(fd, &st); err != nil {
+		return toErrno(err)
+	}
+	out.FromStatfsT(&st)
+	return 0
+}

@@ -1,0 +1,177 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+var (
+	_ gofs.NodeOpendirHandler = (*node)(nil)
+	_ gofs.FileReaddirenter   = (*dirHandle)(nil)
+	_ gofs.FileSeekdirer      = (*dirHandle)(nil)
+	_ gofs.FileFsyncdirer     = (*dirHandle)(nil)
+)
+
+// dirHandle is an open directory: a snapshot of the merged listing taken at
+// opendir (and again on a seek to 0, as rewinddir expects). Offsets are
+// positions in the snapshot, so telldir/seekdir work and a directory
+// changed while it is read never repeats or skips a name.
+type dirHandle struct {
+	n       *node
+	entries []fuse.DirEntry
+	pos     int
+}
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h := &dirHandle{n: n}
+	if err := h.load(); err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return h, 0, 0
+}
+
+func (h *dirHandle) load() error {
+	h.n.u.treeMu.RLock()
+	defer h.n.u.treeMu.RUnlock()
+	ents, err := h.n.mergedEntries(true)
+	if err != nil {
+		return err
+	}
+	parentIno := h.n.ino
+	if p := h.n.parent; p != nil {
+		parentIno = p.ino
+	}
+	h.entries = append([]fuse.DirEntry{
+		{Name: ".", Mode: unix.S_IFDIR, Ino: h.n.ino},
+		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno},
+	}, ents...)
+	return nil
+}
+
+func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.pos >= len(h.entries) {
+		return nil, 0
+	}
+	e := h.entries[h.pos]
+	h.pos++
+	e.Off = uint64(h.pos)
+	return &e, 0
+}
+
+func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off == 0 {
+		if err := h.load(); err != nil {
+			return toErrno(err)
+		}
+	}
+	h.pos = int(off)
+	return 0
+}
+
+func (h *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	h.n.u.treeMu.RLock()
+	defer h.n.u.treeMu.RUnlock()
+	h.n.mu.Lock()
+	defer h.n.mu.Unlock()
+	if !h.n.inUpper {
+		return 0
+	}
+	fd, err := h.n.u.upper.open(h.n.upperRel(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return toErrno(err)
+	}
+	defer unix.Close(fd)
+	return toErrno(unix.Fsync(fd))
+}
+
+// mergedEntries lists the directory as the view shows it: upper entries
+// (whiteouts hidden), then lower entries not hidden by the upper layer.
+// withIno fills in the inode numbers (d_ino must equal st_ino). Caller holds
+// u.treeMu shared.
+func (n *node) mergedEntries(withIno bool) ([]fuse.DirEntry, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ll, err := n.lowerListingLocked()
+	if err != nil {
+		return nil, err
+	}
+	var out []fuse.DirEntry
+	shadowed := map[string]bool{}
+	if n.inUpper {
+		out, err = n.upperEntries(shadowed, withIno)
+		if err != nil {
+			return nil, err
+		}
+		if n.upperOpaque {
+			return out, nil
+		}
+	}
+	for _, name := range ll.names {
+		if shadowed[name] {
+			continue
+		}
+		e := ll.entries[name]
+		out = append(out, fuse.DirEntry{Name: name, Mode: e.mode, Ino: n.u.lowers[e.layer].foldIno(e.ino)})
+	}
+	return out, nil
+}
+
+// upperEntries reads the upper directory; every name it holds (whiteouts
+// included) is added to shadowed.
+func (n *node) upperEntries(shadowed map[string]bool, withIno bool) ([]fuse.DirEntry, error) {
+	fd, err := n.u.upper.open(n.upperRel(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open upper dir: %w", err)
+	}
+	defer unix.Close(fd)
+	var out []fuse.DirEntry
+	ociFormat := n.u.wfmt == whiteout.FormatOCI
+	err = readDirents(fd, func(name string, ino uint64, dtype uint8) error {
+		if ociFormat {
+			if whiteout.IsOCIOpaque(name) {
+				return nil
+			}
+			if target, ok := whiteout.OCITarget(name); ok {
+				shadowed[target] = true
+				return nil
+			}
+		}
+		shadowed[name] = true
+		mode := dtypeToMode(dtype)
+		if mode == unix.S_IFCHR {
+			var st unix.Stat_t
+			if unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && whiteout.IsWhiteout(fd, name, &st) {
+				return nil
+			}
+		}
+		e := fuse.DirEntry{Name: name, Mode: mode, Ino: n.u.upper.foldIno(ino)}
+		if withIno {
+			e.Ino = n.upperEntryIno(fd, name, e.Ino)
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// upperEntryIno is the inode number the view shows for an upper entry: the
+// one recorded at copy-up, if any.
+func (n *node) upperEntryIno(dirfd int, name string, ino uint64) uint64 {
+	if child := n.GetChild(name); child != nil {
+		return child.StableAttr().Ino
+	}
+	if v, ok := getxattrString(dirfd, name, n.u.xattrPrefix+"ino"); ok {
+		if recorded, err := strconv.ParseUint(v, 10, 64); err == nil && recorded > 1 {
+			return recorded
+		}
+	}
+	return ino
+}

@@ -1,0 +1,241 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+// rename moves name in n to newName in np. Caller holds u.treeMu
+// exclusively, so no other operation resolves a path meanwhile.
+//
+// Both objects are copied up first (a directory as metadata only: its lower
+// content stays where it is). The backing rename then happens in the upper
+// layer, with RENAME_WHITEOUT when a lower entry of the old name would
+// otherwise show through. A moved directory with lower content records
+// where that content lives in overlay's redirect xattr; a moved directory
+// without any becomes opaque when a lower entry of the new name exists.
+func (n *node) rename(ctx context.Context, name string, np *node, newName string, flags uint32) error {
+	src, err := n.lookupChild(name)
+	if err != nil {
+		return err
+	}
+	dst, err := np.lookupChild(newName)
+	dstExists := err == nil
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	if err := checkRename(src, dst, dstExists, flags); err != nil {
+		return err
+	}
+	if dstExists && src.node == dst.node {
+		return nil // two names of one inode: rename(2) does nothing
+	}
+	if err := src.node.copyUpLocked(false); err != nil {
+		return err
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		if err := dst.node.copyUpLocked(false); err != nil {
+			return err
+		}
+	}
+	if err := np.copyUpLocked(false); err != nil {
+		return err
+	}
+	if err := n.copyUpLocked(false); err != nil {
+		return err
+	}
+	srcWhiteout, err := n.hasLowerName(name)
+	if err != nil {
+		return err
+	}
+	dstLower, err := np.hasLowerName(newName)
+	if err != nil {
+		return err
+	}
+	sdir, err := n.openUpperDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(sdir)
+	ddir, err := np.openUpperDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ddir)
+
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		dstWhiteout := srcWhiteout
+		srcWhiteout = dstLower
+		if err := src.node.prepareMove(sdir, name, dstLower); err != nil {
+			return err
+		}
+		if err := dst.node.prepareMove(ddir, newName, dstWhiteout); err != nil {
+			return err
+		}
+		if err := unix.Renameat2(sdir, name, ddir, newName, unix.RENAME_EXCHANGE); err != nil {
+			return fmt.Errorf("exchange: %w", err)
+		}
+		src.node.moved(np, newName)
+		dst.node.moved(n, name)
+		return nil
+	}
+	if err := src.node.prepareMove(sdir, name, dstLower); err != nil {
+		return err
+	}
+	if dstExists {
+		if err := np.clearDirForReplace(ddir, newName, dst); err != nil {
+			return err
+		}
+	}
+	rflags := uint(flags & unix.RENAME_NOREPLACE)
+	if srcWhiteout && n.u.wfmt != whiteout.FormatOCI {
+		rflags |= unix.RENAME_WHITEOUT
+	}
+	if err := unix.Renameat2(sdir, name, ddir, newName, rflags); err != nil {
+		return fmt.Errorf("rename: %w", err)
+	}
+	if srcWhiteout && n.u.wfmt == whiteout.FormatOCI {
+		if err := whiteout.Create(sdir, name, whiteout.FormatOCI); err != nil {
+			return err
+		}
+	}
+	if dstExists {
+		dst.node.detachFrom(np, newName)
+	}
+	src.node.moved(np, newName)
+	return nil
+}
+
+// found is a looked-up child with its node.
+type found struct {
+	node  *node
+	isDir bool
+}
+
+// lookupChild finds name and its node. Caller holds u.treeMu.
+func (n *node) lookupChild(name string) (*found, error) {
+	n.mu.Lock()
+	ci, err := n.lookupLocked(name)
+	n.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	c := n.newChild(ctx0, name, ci)
+	return &found{node: c, isDir: c.kind == unix.S_IFDIR}, nil
+}
+
+// checkRename applies rename(2)'s rules on types, emptiness and flags.
+func checkRename(src, dst *found, dstExists bool, flags uint32) error {
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		if !dstExists {
+			return unix.ENOENT
+		}
+		return nil
+	}
+	if !dstExists {
+		return nil
+	}
+	if flags&unix.RENAME_NOREPLACE != 0 {
+		return unix.EEXIST
+	}
+	if src.node == dst.node {
+		return nil
+	}
+	switch {
+	case src.isDir && !dst.isDir:
+		return unix.ENOTDIR
+	case !src.isDir && dst.isDir:
+		return unix.EISDIR
+	case dst.isDir:
+		empty, err := dst.node.isEmpty()
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return unix.ENOTEMPTY
+		}
+	}
+	return nil
+}
+
+// hasLowerName reports whether a lower entry name shows below n.
+func (n *node) hasLowerName(name string) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.upperOpaque {
+		return false, nil
+	}
+	ll, err := n.lowerListingLocked()
+	if err != nil {
+		return false, err
+	}
+	return ll.entries[name] != nil, nil
+}
+
+// prepareMove records, on a directory about to move, where its lower
+// content lives (redirect), or makes it opaque when it has none and the new
+// place has a lower entry of the same name.
+func (n *node) prepareMove(dirfd int, name string, newPlaceHasLower bool) error {
+	if n.kind != unix.S_IFDIR {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.upperOpaque && !n.lowerDirs.empty() {
+		redirect := "/" + n.lowerDirs.rel
+		if err := setxattrAt(dirfd, name, n.u.overlayNS+"redirect", []byte(redirect), 0); err != nil {
+			return fmt.Errorf("set redirect: %w", err)
+		}
+		return nil
+	}
+	if newPlaceHasLower && !n.upperOpaque {
+		if err := n.u.markOpaque(dirfd, name); err != nil {
+			return fmt.Errorf("set opaque: %w", err)
+		}
+		n.upperOpaque = true
+	}
+	return nil
+}
+
+// clearDirForReplace empties an upper directory that is about to be
+// replaced: it looks empty in the view but may still hold whiteouts.
+func (n *node) clearDirForReplace(dirfd int, name string, dst *found) error {
+	if !dst.isDir {
+		return nil
+	}
+	dst.node.mu.Lock()
+	inUpper := dst.node.inUpper
+	dst.node.mu.Unlock()
+	if !inUpper {
+		return nil
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var names []string
+	if err := readDirents(fd, func(nm string, _ uint64, _ uint8) error {
+		names = append(names, nm)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, nm := range names {
+		if err := removeAllAt(fd, nm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moved updates the node's name after a rename. Caller holds u.treeMu
+// exclusively.
+func (n *node) moved(parent *node, name string) {
+	n.parent, n.name = parent, name
+}

@@ -1,0 +1,376 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/whiteout"
+)
+
+// Config describes one union mount.
+type Config struct {
+	// Lowers are the read-only layers, topmost first.
+	Lowers []string
+	// Upper and Work are the writable layer and its scratch directory on
+	// the same filesystem. Both empty: a read-only view.
+	Upper, Work string
+	// Volatile skips the fsyncs that make copy-up and metadata durable.
+	Volatile bool
+	// ReadOnly serves a read-only view even with an upper layer.
+	ReadOnly bool
+}
+
+// union is the state shared by all nodes of one mount.
+type union struct {
+	cfg    Config
+	lowers []*layer
+	upper  *layer // nil when read-only
+	work   *layer // nil when read-only
+
+	// treeMu orders renames against everything that turns a node into a
+	// path in the upper layer: Rename holds it exclusively while it moves
+	// the backing entry and our parent/name links; every other operation
+	// holds it shared while it resolves a path to a descriptor.
+	treeMu sync.RWMutex
+
+	// nodes maps inode numbers to live nodes; see node.newChild.
+	nodesMu sync.Mutex
+	nodes   map[uint64]*node
+
+	wfmt        whiteout.Format
+	xattrPrefix string // our bookkeeping namespace: trusted.strata. or user.strata.
+	overlayNS   string // overlay's namespace we write: trusted.overlay. or user.overlay.
+
+	tmpSeq uint64 // guarded by tmpMu; names of work-dir temporaries
+	tmpMu  sync.Mutex
+
+	passthrough bool // set once the server knows the kernel supports it
+	server      *fuse.Server
+}
+
+// Errors for a stack that cannot be mounted; the CLI prints them as they are.
+var (
+	ErrSameDir       = errors.New("the same directory is given twice")
+	ErrCrossDevice   = errors.New("upper and work directories are on different filesystems")
+	ErrWorkNotEmpty  = errors.New("work directory holds files strata did not make")
+	ErrMountInLayer  = errors.New("mountpoint is inside or over a layer (that would deadlock)")
+	ErrNoLowers      = errors.New("at least one lower layer is needed")
+	ErrUpperNeedWork = errors.New("an upper layer needs a work directory and the other way round")
+)
+
+// workMarker names the one directory strata keeps in a work dir; anything
+// else there is foreign and refused.
+const workMarker = "strata"
+
+func newUnion(cfg Config) (*union, error) {
+	if len(cfg.Lowers) == 0 {
+		return nil, ErrNoLowers
+	}
+	if (cfg.Upper == "") != (cfg.Work == "") {
+		return nil, ErrUpperNeedWork
+	}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}}
+	ok := false
+	defer func() {
+		if !ok {
+			u.close()
+		}
+	}()
+	for _, p := range cfg.Lowers {
+		l, err := openLayer(p)
+		if err != nil {
+			return nil, err
+		}
+		u.lowers = append(u.lowers, l)
+	}
+	all := append([]*layer(nil), u.lowers...)
+	if cfg.Upper != "" {
+		var err error
+		if u.upper, err = openLayer(cfg.Upper); err != nil {
+			return nil, fmt.Errorf("upper: %w", err)
+		}
+		if u.work, err = openLayer(cfg.Work); err != nil {
+			return nil, fmt.Errorf("work: %w", err)
+		}
+		if u.upper.dev != u.work.dev {
+			return nil, fmt.Errorf("%w: %s and %s", ErrCrossDevice, u.upper.path, u.work.path)
+		}
+		all = append([]*layer{u.upper}, all...)
+		all = append(all, u.work)
+	}
+	if err := checkDistinct(all); err != nil {
+		return nil, err
+	}
+	if u.upper != nil {
+		assignDevIndexes(append([]*layer{u.upper}, u.lowers...))
+	} else {
+		assignDevIndexes(u.lowers)
+	}
+	if os.Geteuid() == 0 {
+		u.wfmt = whiteout.FormatOverlay
+		u.xattrPrefix = "trusted.strata."
+		u.overlayNS = whiteout.XattrTrustedPrefix
+	} else {
+		u.wfmt = whiteout.FormatOCI
+		u.xattrPrefix = "user.strata."
+		u.overlayNS = whiteout.XattrUserPrefix
+	}
+	if u.work != nil {
+		if err := u.prepareWork(); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return u, nil
+}
+
+// checkDistinct refuses a stack that names one directory twice, or one
+// layer inside another.
+func checkDistinct(all []*layer) error {
+	type key struct{ dev, ino uint64 }
+	seen := map[key]string{}
+	for _, l := range all {
+		var st unix.Stat_t
+		if err := unix.Fstat(l.rootFd, &st); err != nil {
+			return fmt.Errorf("%s: %w", l.path, err)
+		}
+		k := key{st.Dev, st.Ino}
+		if prev, dup := seen[k]; dup {
+			return fmt.Errorf("%w: %s and %s", ErrSameDir, prev, l.path)
+		}
+		seen[k] = l.path
+	}
+	return nil
+}
+
+// prepareWork makes sure the work directory holds nothing but strata's own
+// scratch directory, and empties that (leftovers of a crash are temporaries
+// that were never published).
+func (u *union) prepareWork() error {
+	fd, err := u.work.open("", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("work: %w", err)
+	}
+	defer unix.Close(fd)
+	var foreign []string
+	err = readDirents(fd, func(name string, _ uint64, _ uint8) error {
+		// overlayfs leaves "work" and "index" in a work dir it used;
+		// strata accepts a work dir that kernel overlayfs shared.
+		if name != workMarker && name != "work" && name != "index" {
+			foreign = append(foreign, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("work: %w", err)
+	}
+	if len(foreign) > 0 {
+		return fmt.Errorf("%w: %s holds %q", ErrWorkNotEmpty, u.work.path, foreign)
+	}
+	if err := removeAllAt(fd, workMarker); err != nil {
+		return fmt.Errorf("clean work dir: %w", err)
+	}
+	if err := unix.Mkdirat(fd, workMarker, 0o700); err != nil {
+		return fmt.Errorf("work: %w", err)
+	}
+	return nil
+}
+
+func (u *union) close() {
+	for _, l := range u.lowers {
+		l.close()
+	}
+	if u.upper != nil {
+		u.upper.close()
+	}
+	if u.work != nil {
+		u.work.close()
+	}
+}
+
+// workDir opens strata's scratch directory in the work dir.
+func (u *union) workDir() (int, error) {
+	return u.work.openDir(workMarker)
+}
+
+// tmpName returns a fresh name for a temporary in the work directory.
+func (u *union) tmpName() string {
+	u.tmpMu.Lock()
+	u.tmpSeq++
+	n := u.tmpSeq
+	u.tmpMu.Unlock()
+	return fmt.Sprintf("tmp.%d.%d", os.Getpid(), n)
+}
+
+// fsync flushes fd unless the mount is volatile.
+func (u *union) fsync(fd int) error {
+	if u.cfg.Volatile {
+		return nil
+	}
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	return nil
+}
+
+// removeAllAt removes name (file or tree) inside the directory dirfd, never
+// following a symlink.
+func removeAllAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	var names []string
+	err = readDirents(fd, func(n string, _ uint64, _ uint8) error {
+		names = append(names, n)
+		return nil
+	})
+	if err == nil {
+		for _, n := range names {
+			if err = removeAllAt(fd, n); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
+
+// cacheTimeout is how long the kernel may keep entries, attributes and
+// negative lookups. Lower layers never change and every change to the upper
+// layer goes through this daemon, which answers with fresh attributes and
+// entries, so the kernel's cache never goes stale behind our back.
+const cacheTimeout = time.Hour
+
+// Server is a mounted union.
+type Server struct {
+	*fuse.Server
+	u *union
+}
+
+// MountOptions are the FUSE-level options of a mount.
+type MountOptions struct {
+	AllowOther         bool
+	DefaultPermissions bool
+	FsName             string
+	// Extra are mount(2) options passed through (nodev, nosuid, noexec,
+	// noatime, ro, ...).
+	Extra []string
+	Debug bool
+}
+
+// Mount serves the union described by cfg at mountpoint and returns once
+// the kernel has the mount.
+func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
+	if err := checkMountpoint(mountpoint, cfg); err != nil {
+		return nil, err
+	}
+	u, err := newUnion(cfg)
+	if err != nil {
+		return nil, err
+	}
+	root, err := u.newRoot()
+	if err != nil {
+		u.close()
+		return nil, err
+	}
+	timeout := cacheTimeout
+	opts := &gofs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true,
+		RootStableAttr:  &gofs.StableAttr{Ino: root.ino, Mode: unix.S_IFDIR},
+	}
+	opts.MountOptions = fuse.MountOptions{
+		AllowOther:    mo.AllowOther,
+		FsName:        mo.FsName,
+		Name:          "strata",
+		Debug:         mo.Debug,
+		EnableLocks:   true,
+		MaxWrite:      1 << 20,
+		MaxReadAhead:  1 << 20,
+		DirectMount:   true,
+		MaxBackground: 64,
+	}
+	if mo.FsName == "" {
+		opts.MountOptions.FsName = "strata"
+	}
+	if mo.DefaultPermissions {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "default_permissions")
+	}
+	opts.MountOptions.Options = append(opts.MountOptions.Options, mo.Extra...)
+	if cfg.ReadOnly || u.upper == nil {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+	}
+	srv, err := gofs.Mount(mountpoint, root, opts)
+	if err != nil {
+		u.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	u.server = srv
+	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
+	return &Server{Server: srv, u: u}, nil
+}
+
+// Close releases the layer descriptors after the server has stopped.
+func (s *Server) Close() { s.u.close() }
+
+// checkMountpoint refuses a mountpoint that lies inside or over a layer: the
+// daemon would then look up names through its own mount and deadlock.
+func checkMountpoint(mountpoint string, cfg Config) error {
+	dirs := append([]string(nil), cfg.Lowers...)
+	if cfg.Upper != "" {
+		dirs = append(dirs, cfg.Upper, cfg.Work)
+	}
+	mp, err := realPath(mountpoint)
+	if err != nil {
+		return fmt.Errorf("mountpoint: %w", err)
+	}
+	for _, d := range dirs {
+		rd, err := realPath(d)
+		if err != nil {
+			continue // reported with a better message by newUnion
+		}
+		if within(mp, rd) || within(rd, mp) {
+			return fmt.Errorf("%w: %s and %s", ErrMountInLayer, mountpoint, d)
+		}
+	}
+	return nil
+}
+
+func realPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// within reports whether path p is dir or lies below it.
+func within(p, dir string) bool {
+	if p == dir {
+		return true
+	}
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
