@@ -123,13 +123,23 @@ func (n *node) makeEntry(ctx context.Context, s *slot, isDir bool, make func(dir
 		err = n.u.markOpaque(workfd, tmp)
 	}
 	if err == nil {
-		err = unix.Renameat(workfd, tmp, s.dirfd, s.name)
+		err = replaceWhiteout(workfd, tmp, s.dirfd, s.name)
 	}
 	if err != nil {
 		removeAllAt(workfd, tmp)
 		return fmt.Errorf("replace whiteout %q: %w", s.name, err)
 	}
 	return nil
+}
+
+// replaceWhiteout puts workfd/tmp where the whiteout dirfd/name is, in one
+// step: the two are exchanged (a directory cannot be renamed over a device
+// node), then the whiteout, now in the work dir, is removed.
+func replaceWhiteout(workfd int, tmp string, dirfd int, name string) error {
+	if err := unix.Renameat2(workfd, tmp, dirfd, name, unix.RENAME_EXCHANGE); err != nil {
+		return err
+	}
+	return unix.Unlinkat(workfd, tmp, 0)
 }
 
 // markOpaque marks dirfd/name opaque in the mount's format.
@@ -273,7 +283,7 @@ func (n *node) linkInto(s *slot, tdir int, tname string) error {
 	if err := unix.Linkat(tdir, tname, workfd, tmp, 0); err != nil {
 		return err
 	}
-	if err := unix.Renameat(workfd, tmp, s.dirfd, s.name); err != nil {
+	if err := replaceWhiteout(workfd, tmp, s.dirfd, s.name); err != nil {
 		unix.Unlinkat(workfd, tmp, 0)
 		return err
 	}

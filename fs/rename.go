@@ -92,12 +92,8 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 			return err
 		}
 	}
-	rflags := uint(flags & unix.RENAME_NOREPLACE)
-	if srcWhiteout && n.u.wfmt != whiteout.FormatOCI {
-		rflags |= unix.RENAME_WHITEOUT
-	}
-	if err := unix.Renameat2(sdir, name, ddir, newName, rflags); err != nil {
-		return fmt.Errorf("rename: %w", err)
+	if err := n.renameBacking(sdir, name, ddir, newName, srcWhiteout && n.u.wfmt != whiteout.FormatOCI); err != nil {
+		return err
 	}
 	if srcWhiteout && n.u.wfmt == whiteout.FormatOCI {
 		if err := whiteout.Create(sdir, name, whiteout.FormatOCI); err != nil {
@@ -108,6 +104,36 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 		dst.node.detachFrom(np, newName)
 	}
 	src.node.moved(np, newName)
+	return nil
+}
+
+// renameBacking moves sdir/name to ddir/newName in the upper layer, leaving
+// a whiteout behind when leaveWhiteout is set. The view has been checked
+// already, so what stands at the target in the upper layer is nothing, an
+// entry being replaced, or a whiteout. A whiteout target is exchanged with
+// the source (a directory cannot replace a device node); the whiteout then
+// sits at the old name, where it is kept if one is needed and removed if not.
+func (n *node) renameBacking(sdir int, name string, ddir int, newName string, leaveWhiteout bool) error {
+	var st unix.Stat_t
+	err := unix.Fstatat(ddir, newName, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && whiteout.IsWhiteout(ddir, newName, &st) {
+		if err := unix.Renameat2(sdir, name, ddir, newName, unix.RENAME_EXCHANGE); err != nil {
+			return fmt.Errorf("rename over whiteout: %w", err)
+		}
+		if !leaveWhiteout {
+			if err := unix.Unlinkat(sdir, name, 0); err != nil {
+				return fmt.Errorf("drop whiteout: %w", err)
+			}
+		}
+		return nil
+	}
+	var rflags uint
+	if leaveWhiteout {
+		rflags = unix.RENAME_WHITEOUT
+	}
+	if err := unix.Renameat2(sdir, name, ddir, newName, rflags); err != nil {
+		return fmt.Errorf("rename: %w", err)
+	}
 	return nil
 }
 
