@@ -43,7 +43,7 @@ func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
 	defer n.u.treeMu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	dirfd, name, err := n.openUpperParent()
+	dirfd, name, err := n.openObject()
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
 // and returns it with the entry name. Caller holds u.treeMu shared and n.mu.
 func (n *node) objectAt() (int, string, error) {
 	if n.inUpper {
-		return n.openUpperParent()
+		return n.openObject()
 	}
 	if n.parent == nil {
 		fd, err := unix.Dup(n.u.lowers[0].rootFd)
@@ -244,7 +244,7 @@ func (n *node) changeXattr(change func(dirfd int, name string) error) error {
 	defer n.u.treeMu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	dirfd, name, err := n.openUpperParent()
+	dirfd, name, err := n.openObject()
 	if err != nil {
 		return err
 	}

@@ -93,7 +93,12 @@ func (n *node) copyUpObjectLocked(withData bool) error {
 		removeAllAt(workfd, tmp)
 		return fmt.Errorf("copy up %q: %w", src.rel, err)
 	}
-	if err := n.publish(workfd, tmp); err != nil {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink > 1 {
+		err = n.publishIndexed(workfd, tmp, uint32(st.Nlink))
+	} else {
+		err = n.publish(workfd, tmp)
+	}
+	if err != nil {
 		removeAllAt(workfd, tmp)
 		return err
 	}
@@ -362,7 +367,7 @@ func getxattrAll(dirfd int, name, attr string) ([]byte, error) {
 // still read from the lower file, so a crash in between loses nothing.
 // Caller holds u.treeMu shared and n.mu.
 func (n *node) completeMetacopyLocked() error {
-	dirfd, name, err := n.openUpperParent()
+	dirfd, name, err := n.openObject()
 	if err != nil {
 		return err
 	}

@@ -84,7 +84,7 @@ func (n *node) open(flags int) (*file, error) {
 	defer n.mu.Unlock()
 	openFlags := flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	if n.inUpper && !(n.metacopy && !wantsUpper) {
-		dirfd, name, err := n.openUpperParent()
+		dirfd, name, err := n.openObject()
 		if err != nil {
 			return nil, err
 		}

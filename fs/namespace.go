@@ -252,7 +252,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	}
 	defer unix.Close(s.dirfd)
 	t.mu.Lock()
-	tdir, tname, err := t.openUpperParent()
+	tdir, tname, err := t.openObject()
 	t.mu.Unlock()
 	if err != nil {
 		return nil, toErrno(err)
@@ -346,6 +346,11 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	defer unix.Close(dirfd)
 	if err := n.removeUpper(dirfd, name, ci.inUpper, isDir, needWhiteout); err != nil {
 		return err
+	}
+	if ci.index && !ci.inUpper {
+		if child := n.nodeFor(ci.ino); child != nil {
+			child.dropLowerName()
+		}
 	}
 	if child := n.GetChild(name); child != nil {
 		if c, ok := child.Operations().(*node); ok {

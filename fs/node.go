@@ -42,6 +42,12 @@ type node struct {
 	hasLower bool
 	// metacopy: the upper file holds metadata only; data is in lower.
 	metacopy bool
+	// index: the node is a hard-linked lower file whose copy lives in the
+	// work dir's index (see index.go); its names are linked to it as they
+	// are used. lowerNames counts its names that are still only in a lower
+	// layer, so st_nlink stays right.
+	index      bool
+	lowerNames uint32
 	// Directories: the lower directories merged below the upper one, the
 	// cached merge of their entries, and whether the upper one is opaque.
 	lowerDirs   lowerDirSet
@@ -128,6 +134,18 @@ func (n *node) openUpperParent() (int, string, error) {
 	return fd, n.name, err
 }
 
+// openObject opens the directory holding the node's upper object and
+// returns it with the object's name there: the index entry for a hard-linked
+// lower file that was copied up, else the node's own upper entry. Caller
+// holds u.treeMu shared and n.mu.
+func (n *node) openObject() (int, string, error) {
+	if n.index {
+		fd, err := n.u.work.openDir(indexDir)
+		return fd, indexName(n.ino), err
+	}
+	return n.openUpperParent()
+}
+
 // lowerDirRel is where the child name of this directory lives in layer li.
 func (n *node) lowerChildRef(li int, name string) lowerRef {
 	return lowerRef{layer: li, rel: joinRel(n.lowerDirs.rel, name)}
@@ -162,6 +180,10 @@ type childInfo struct {
 	metacopy bool
 	dirs     lowerDirSet
 	opaque   bool
+	// index: the object is the index entry of a hard-linked lower file;
+	// inUpper then says whether this name is linked to it yet.
+	index      bool
+	lowerNames uint32
 }
 
 // Lookup finds name in the view: the upper layer first, then the merged
@@ -229,6 +251,7 @@ func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool,
 		return nil, true, unix.ENOENT
 	}
 	n.u.readUpperMeta(dirfd, name, ci)
+	n.u.checkIndex(ci)
 	mode := ci.st.Mode & unix.S_IFMT
 	switch {
 	case mode == unix.S_IFDIR:
@@ -366,6 +389,7 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 	if e.mode == unix.S_IFDIR {
 		ci.dirs = n.lowerDirs.child(name, e.dirLayers)
 	}
+	n.u.checkIndex(ci)
 	return ci, nil
 }
 
@@ -383,12 +407,19 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 	}
 	fresh := &node{
 		u: n.u, kind: kind, ino: ci.ino, parent: n, name: name,
-		inUpper: ci.inUpper, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
-		lowerDirs: ci.dirs, upperOpaque: ci.opaque,
+		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
+		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
 	}
 	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino})
 	n.u.nodes[ci.ino] = fresh
 	return fresh
+}
+
+// nodeFor returns the live node with inode number ino, if any.
+func (n *node) nodeFor(ino uint64) *node {
+	n.u.nodesMu.Lock()
+	defer n.u.nodesMu.Unlock()
+	return n.u.nodes[ino]
 }
 
 // adoptName gives a known node the name it was just found under when its
@@ -421,7 +452,11 @@ func (n *node) fillEntry(st *unix.Stat_t, out *fuse.EntryOut) {
 func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 	a.FromStat((*syscall.Stat_t)(unsafe.Pointer(st)))
 	a.Ino = n.ino
-	if n.kind == unix.S_IFDIR && n.inUpper && !n.upperOpaque && !n.lowerDirs.empty() {
+	if n.index && a.Nlink > 0 {
+		a.Nlink = a.Nlink - 1 + n.lowerNames
+	}
+	merged := n.inUpper && !n.upperOpaque && !n.lowerDirs.empty() || len(n.lowerDirs.layers) > 1
+	if n.kind == unix.S_IFDIR && merged {
 		// overlayfs does not count subdirectories of a merged
 		// directory; nlink 1 tells find and others not to rely on it.
 		a.Nlink = 1
@@ -432,7 +467,7 @@ func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 // one, else the lower one. Caller holds u.treeMu shared and n.mu.
 func (n *node) statLocked(st *unix.Stat_t) error {
 	if n.inUpper {
-		dirfd, name, err := n.openUpperParent()
+		dirfd, name, err := n.openObject()
 		if err != nil {
 			return fmt.Errorf("open upper parent: %w", err)
 		}
@@ -512,7 +547,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	var name string
 	var err error
 	if n.inUpper {
-		dirfd, name, err = n.openUpperParent()
+		dirfd, name, err = n.openObject()
 	} else {
 		dir, base := splitRel(n.lower.rel)
 		name = base

@@ -38,8 +38,14 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	if err := src.node.copyUpLocked(false); err != nil {
 		return err
 	}
+	if err := src.node.linkUpName(n, name); err != nil {
+		return err
+	}
 	if flags&unix.RENAME_EXCHANGE != 0 {
 		if err := dst.node.copyUpLocked(false); err != nil {
+			return err
+		}
+		if err := dst.node.linkUpName(np, newName); err != nil {
 			return err
 		}
 	}

@@ -165,7 +165,7 @@ func (u *union) prepareWork() error {
 	err = readDirents(fd, func(name string, _ uint64, _ uint8) error {
 		// overlayfs leaves "work" and "index" in a work dir it used;
 		// strata accepts a work dir that kernel overlayfs shared.
-		if name != workMarker && name != "work" && name != "index" {
+		if name != workMarker && name != indexDir && name != "work" && name != "index" {
 			foreign = append(foreign, name)
 		}
 		return nil
@@ -182,7 +182,7 @@ func (u *union) prepareWork() error {
 	if err := unix.Mkdirat(fd, workMarker, 0o700); err != nil {
 		return fmt.Errorf("work: %w", err)
 	}
-	return nil
+	return u.prepareIndex(fd)
 }
 
 func (u *union) close() {
