@@ -1,0 +1,109 @@
+// Package fs is strata's union filesystem: read-only lower layers stacked
+// under one writable upper layer, served over FUSE with go-fuse v2.
+//
+// # The view
+//
+// A name is looked up in the upper layer first, then in the lower layers
+// from the top down; the first hit wins. A whiteout stops the search (the
+// name is deleted) and an opaque directory hides everything below it. Every
+// whiteout format is read: overlay's char device 0/0, a zero-size file with
+// an overlay whiteout xattr (in a directory marked opaque="x"), OCI ".wh.NAME"
+// files, overlay's opaque xattr (trusted.overlay.* or user.overlay.*) and the
+// OCI ".wh..wh..opq" marker. None is ever shown, and the private xattrs
+// (trusted.overlay.*, user.overlay.*, trusted.strata.*, user.strata.*) are
+// neither listed nor settable.
+//
+// # What is stored where
+//
+// The upper layer is a valid overlayfs upper directory: kernel overlayfs
+// mounted with redirect_dir=on,metacopy=on on the same lowers shows the same
+// tree. As root strata writes:
+//
+//   - deletions as char device 0/0 whiteouts, new directories over deleted
+//     names with trusted.overlay.opaque=y;
+//   - renamed directories with lower content with trusted.overlay.redirect
+//     set to the absolute path of that content in the lower layers;
+//   - metadata-only copy-ups (chmod, chown, utimes, xattrs on a lower file)
+//     as a sparse file of the right size with trusted.overlay.metacopy and
+//     trusted.overlay.redirect naming the lower data;
+//   - trusted.strata.ino on every copied-up object: the inode number it had
+//     below, so st_ino never changes across copy-up and remount.
+//
+// Without root, the same is written with user.overlay.* / user.strata.*
+// xattrs and OCI ".wh." whiteout files.
+//
+// The work directory holds "strata/" (temporaries; emptied at every mount,
+// so a crash never leaves half a copy in the view) and "strata-index/"
+// (copies of hard-linked lower files, see index.go). Anything else in it is
+// refused at mount time.
+//
+// # Inode numbers
+//
+// st_ino of an object is its backing inode number in the layer it came
+// from, with the index of that layer's filesystem folded into the top bits
+// when the layers span several filesystems (stack order, upper first, so the
+// same stack numbers the same way on every mount). A copy-up keeps the
+// number (trusted.strata.ino), hard links in a lower layer stay one inode
+// (the index), and readdir's d_ino equals st_ino. st_dev is the mount's.
+//
+// # Reaching backing files
+//
+// Nothing is reached by joining path strings onto a layer path. Each layer
+// root is held as an O_PATH descriptor and every path below it is resolved
+// with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS|
+// RESOLVE_NO_XDEV), then the last step is an *at call with
+// AT_SYMLINK_NOFOLLOW. A symlink, "..", or a mount inside a layer can never
+// make the daemon touch a file outside the layer roots. xattrs of a name are
+// read with the *xattrat system calls, never following a symlink.
+//
+// # Nodes and locks
+//
+// A node is one inode of the view, keyed by inode number in union.nodes
+// (go-fuse merges nodes only after Lookup returns; rename and remove need
+// the node the kernel knows). Lower paths are fixed for the life of a node;
+// the upper path is derived from parent/name links.
+//
+// Lock order, outermost first:
+//
+//  1. union.treeMu. Rename holds it exclusively while it moves the backing
+//     entry and the parent/name links; every other operation that turns a
+//     node into an upper path holds it shared while it does so.
+//  2. node.mu of a directory, then of its children. Copy-up takes the
+//     parent's mu before the child's (parents are copied up first); two
+//     unrelated nodes are never locked together.
+//  3. union.nodesMu (the inode table) and union.tmpMu, leaf locks.
+//
+// # Copy-up
+//
+// See copyup.go: the copy is built in the work directory and renamed into
+// place with RENAME_NOREPLACE after data (FICLONE, or copy_file_range over
+// SEEK_DATA/SEEK_HOLE extents so holes stay holes), owner, mode, xattrs
+// (security.capability after chown) and times are set and the file is
+// fsynced (unless volatile). node.mu serialises copy-ups of one node and the
+// state is checked again after taking it, so two writers cause one copy-up.
+//
+// # Caching
+//
+// Lower layers never change, and every change to the upper layer goes
+// through this daemon, which answers each change with fresh entries and
+// attributes. So entries, attributes and negative lookups are given to the
+// kernel with a one-hour timeout. Each directory's lower layers are read
+// once, into a merged listing kept on the node while the kernel holds it
+// (lowerListing): a lookup of a missing name costs a map lookup, whatever
+// the number of layers. The upper directory is read live.
+//
+// # Passthrough
+//
+// On kernels with FUSE passthrough, regular files are read and written by
+// the kernel directly on the backing file. go-fuse registers one backing
+// file per node and reuses it for every passthrough open while any is live;
+// a file opened from a lower layer and then copied up would otherwise have
+// its new, writable opens land on the LOWER file. file.go hands out a
+// passthrough handle only when no passthrough handle of the other source
+// (lower or upper) is live, and serves the open through FUSE otherwise.
+//
+// # Errors
+//
+// Inside the package functions return errors wrapped with %w; the FUSE
+// methods turn them into an errno in one place, toErrno (errno.go).
+package fs
