@@ -1,0 +1,150 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// testRoot is the directory every temporary file of this test run lives
+// under (TMPDIR points here, so t.TempDir() does too). Its name carries the
+// pid of the test process, so a later run can tell a leftover of a killed
+// run from the live directory of a concurrent one.
+var testRoot string
+
+// strataBin is the strata binary built once by TestMain.
+var strataBin string
+
+const testRootPrefix = "strata-it-"
+
+func TestMain(m *testing.M) {
+	if isHelperProcess() {
+		os.Exit(runHelperProcess())
+	}
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "integration tests mount filesystems and must run as root")
+		return 1
+	}
+	unix.Umask(0o022)
+	detachLeftoversOfDeadRuns()
+
+	var err error
+	testRoot, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", testRootPrefix, os.Getpid()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// Short, fixed-depth paths keep kernel mount option strings small.
+	os.Setenv("TMPDIR", testRoot)
+
+	code := 0
+	if sutName() == "strata" {
+		if strataBin, err = buildStrata(testRoot); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		code = m.Run()
+	}
+	if err := checkNothingLeftBehind(testRoot); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		code = 1
+	}
+	os.RemoveAll(testRoot)
+	return code
+}
+
+// buildStrata builds ./cmd/strata into dir and returns the binary's path.
+func buildStrata(dir string) (string, error) {
+	bin := filepath.Join(dir, "strata")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/strata")
+	cmd.Dir = moduleRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/strata: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// moduleRoot is the repository root: the tests run in integration/.
+func moduleRoot() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		panic(err)
+	}
+	return filepath.Dir(wd)
+}
+
+// checkNothingLeftBehind fails if a mount or a process of this run is still
+// there. It cleans them up as well (lazy unmount, SIGKILL), since this run
+// made them, so the machine is usable afterwards, but the run still fails.
+func checkNothingLeftBehind(root string) error {
+	var problems []string
+	mounts := mountsUnder(root)
+	for i := len(mounts) - 1; i >= 0; i-- {
+		problems = append(problems, "mount left behind: "+mounts[i])
+		unix.Unmount(mounts[i], unix.MNT_DETACH)
+	}
+	for _, pid := range processesMentioning(root) {
+		problems = append(problems, fmt.Sprintf("process left behind: pid %d: %s", pid, processCmdline(pid)))
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "\n"))
+	}
+	return nil
+}
+
+// detachLeftoversOfDeadRuns lazily unmounts what an earlier run, killed
+// before its cleanups ran (go test -timeout does that), left mounted. Only
+// directories whose owning test process is gone are touched, so a
+// concurrent run of this package is left alone.
+func detachLeftoversOfDeadRuns() {
+	tmp := os.TempDir()
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, ok := pidOfTestRoot(e.Name())
+		if !ok || processAlive(pid) {
+			continue
+		}
+		dir := filepath.Join(tmp, e.Name())
+		mounts := mountsUnder(dir)
+		for i := len(mounts) - 1; i >= 0; i-- {
+			fmt.Fprintf(os.Stderr, "detaching leftover mount of dead run %d: %s\n", pid, mounts[i])
+			unix.Unmount(mounts[i], unix.MNT_DETACH)
+		}
+		for _, p := range processesMentioning(dir) {
+			unix.Kill(p, unix.SIGKILL)
+		}
+	}
+}
+
+func pidOfTestRoot(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, testRootPrefix)
+	if !ok {
+		return 0, false
+	}
+	pidText, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(pidText)
+	return pid, err == nil
+}
+
+func processAlive(pid int) bool {
+	return unix.Kill(pid, 0) == nil
+}
