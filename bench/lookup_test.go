@@ -1,0 +1,121 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-fs/strata/bench/fixture"
+	"github.com/strata-fs/strata/bench/target"
+)
+
+// lookupNames is how many distinct names each lookup benchmark has per
+// layer; after that many lookups it remounts, so every timed lookup is the
+// first of its name on its mount.
+const lookupNames = 10_000
+
+// The lookup layer set: deep layers (bottom with lookupNames files, one file
+// in every other layer), a top lower layer and an upper template, each with
+// lookupNames files of their own in fixture.DeepDir.
+var lookupSet struct {
+	once
+	deep, top, upper string
+}
+
+func lookupLayers(b *testing.B) {
+	lookupSet.do(b, func() error {
+		root := filepath.Join(setup.root, "lookup")
+		lookupSet.deep = filepath.Join(root, "deep")
+		lookupSet.top = filepath.Join(root, "top")
+		lookupSet.upper = filepath.Join(root, "upper")
+		if err := fixture.WriteDeepLayers(lookupSet.deep, 1000, lookupNames); err != nil {
+			return err
+		}
+		for _, l := range []struct{ root, prefix string }{{lookupSet.top, "t"}, {lookupSet.upper, "u"}} {
+			layer := fixture.Layer{Root: l.root}
+			for i := range lookupNames {
+				if err := layer.WriteFile(namedIn(l.prefix, i), nil, 0o644); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func namedIn(prefix string, i int) string {
+	return fmt.Sprintf("%s/%s%06d", fixture.DeepDir, prefix, i)
+}
+
+// lookupStack is depth lower layers: the top lower layer over depth-1 deep
+// layers.
+func lookupStack(depth int) []string {
+	return append([]string{lookupSet.top}, fixture.DeepStack(lookupSet.deep, depth-1)...)
+}
+
+// BenchmarkLookup stats a name found in the upper layer, in the top lower
+// layer, in the bottom layer of a 16-, 128- and 1,000-layer stack, and a
+// name no layer has. Every timed lookup is the first of its name since the
+// mount.
+func BenchmarkLookup(b *testing.B) {
+	cases := []struct {
+		name  string
+		depth int
+		path  func(int) string
+		want  error
+	}{
+		{"upper", 16, func(i int) string { return namedIn("u", i) }, nil},
+		{"top-lower", 16, func(i int) string { return namedIn("t", i) }, nil},
+		{"bottom-16", 16, fixture.BottomName, nil},
+		{"bottom-128", 128, fixture.BottomName, nil},
+		{"bottom-1000", 1000, fixture.BottomName, nil},
+		{"missing-16", 16, fixture.MissingName, unix.ENOENT},
+		{"missing-128", 128, fixture.MissingName, unix.ENOENT},
+		{"missing-1000", 1000, fixture.MissingName, unix.ENOENT},
+	}
+	forEachTarget(b, func(b *testing.B, kind target.Kind) {
+		lookupLayers(b)
+		for _, c := range cases {
+			b.Run(c.name, func(b *testing.B) {
+				benchmarkFirstLookups(b, kind, lookupStack(c.depth), c.path, c.want)
+			})
+		}
+	})
+}
+
+func benchmarkFirstLookups(b *testing.B, kind target.Kind, lowers []string, path func(int) string, want error) {
+	b.ReportAllocs()
+	var (
+		m   *target.Mount
+		cpu cpuMeter
+		st  unix.Stat_t
+	)
+	b.StopTimer()
+	for i := 0; i < b.N; i++ {
+		if i%lookupNames == 0 {
+			if m != nil {
+				cpu.end()
+				if err := m.Unmount(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			m = mountFresh(b, kind, lowers, lookupSet.upper)
+			cpu.begin(m)
+			b.StartTimer()
+		}
+		p := filepath.Join(m.Dir, path(i%lookupNames))
+		err := unix.Lstat(p, &st)
+		if !errors.Is(err, want) && !(err == nil && want == nil) {
+			b.Fatalf("lstat %s: %v, want %v", p, err, want)
+		}
+		if (i+1)%lookupNames == 0 {
+			b.StopTimer()
+		}
+	}
+	b.StopTimer()
+	cpu.end()
+	cpu.report(b)
+}
