@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ func TestMain(m *testing.M) {
 type helperSpec struct {
 	Rootfs, StateDir string
 	Args             []string
+	Tty              bool
 }
 
 const helperSpecEnv = "STRATA_RUNNER_TEST_SPEC"
@@ -52,8 +54,8 @@ func runHelper() int {
 		return 125
 	}
 	code, err := Run(Spec{
-		Rootfs: hs.Rootfs, StateDir: hs.StateDir, Args: hs.Args, Hostname: "testbox",
-		Stdout: os.Stdout, Stderr: os.Stderr,
+		Rootfs: hs.Rootfs, StateDir: hs.StateDir, Args: hs.Args, Hostname: "testbox", Tty: hs.Tty,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "run helper:", err)
@@ -265,7 +267,33 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-// waitForLine reads lines from r until one equals want, failing the test
+// startRunHelper starts the "strata run" stand-in for hs with the given
+// stdio and kills it at the end of the test if it is still running (its
+// init then dies by Pdeathsig). Extra SysProcAttr settings come from attr.
+func startRunHelper(t *testing.T, hs helperSpec, stdio *os.File, attr *syscall.SysProcAttr) *exec.Cmd {
+	t.Helper()
+	encoded, err := json.Marshal(hs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	helper := exec.Command(os.Args[0], runHelperVerb)
+	helper.Env = append(os.Environ(), helperSpecEnv+"="+string(encoded))
+	helper.Stdin, helper.Stdout, helper.Stderr = stdio, stdio, stdio
+	helper.SysProcAttr = attr
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if helper.ProcessState == nil {
+			_ = helper.Process.Kill()
+			_ = helper.Wait()
+		}
+	})
+	return helper
+}
+
+// waitForLine reads lines from r until one ends with want (a terminal may
+// echo "^C" in front of it), failing the test
 // clearly if the stream ends first or nothing comes for a generous while
 // (a hang, not a slow machine). It returns everything read.
 func waitForLine(t *testing.T, r *bufio.Reader, want string) string {
@@ -284,7 +312,7 @@ func waitForLine(t *testing.T, r *bufio.Reader, want string) string {
 		select {
 		case l := <-next:
 			seen.WriteString(l.text)
-			if strings.TrimSpace(l.text) == want {
+			if strings.HasSuffix(strings.TrimSpace(l.text), want) {
 				return seen.String()
 			}
 			if l.err != nil {

@@ -17,9 +17,9 @@ import (
 // Run takes over this process's signal handling while it runs; a program
 // that starts several containers or handles signals itself uses Start.
 func Run(spec Spec) (int, error) {
-	hostTerm := hostTerminalOf(spec)
-	if spec.Tty && spec.TtySize == nil && hostTerm != nil {
-		if size, err := terminalSize(hostTerm); err == nil {
+	inputTerm, sizeTerm := hostTerminals(spec)
+	if spec.TtySize == nil && sizeTerm != nil {
+		if size, err := terminalSize(sizeTerm); err == nil {
 			spec.TtySize = &size
 		}
 	}
@@ -32,8 +32,8 @@ func Run(spec Spec) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	if spec.Tty && hostTerm != nil {
-		restore, err := makeRaw(hostTerm)
+	if inputTerm != nil {
+		restore, err := makeRaw(inputTerm)
 		if err != nil {
 			_ = p.Signal(unix.SIGKILL)
 			_, _ = p.Wait()
@@ -44,21 +44,25 @@ func Run(spec Spec) (int, error) {
 
 	done := make(chan struct{})
 	defer close(done)
-	go forwardSignals(p, signals, hostTerm, done)
+	go forwardSignals(p, signals, sizeTerm, done)
 	return p.Wait()
 }
 
-// hostTerminalOf is the caller's terminal when the spec asks for a tty and
-// stdin is one, else nil.
-func hostTerminalOf(spec Spec) *os.File {
+// hostTerminals finds, with Spec.Tty, the caller's terminal: inputTerm is
+// Stdin when it is one (it goes raw for the run), sizeTerm is Stdin or
+// else Stdout when either is one (the container's terminal follows its
+// size). Both are nil without Tty.
+func hostTerminals(spec Spec) (inputTerm, sizeTerm *os.File) {
 	if !spec.Tty {
-		return nil
+		return nil, nil
 	}
-	f, ok := spec.Stdin.(*os.File)
-	if !ok || !isTerminal(f) {
-		return nil
+	if f, ok := spec.Stdin.(*os.File); ok && isTerminal(f) {
+		return f, f
 	}
-	return f
+	if f, ok := spec.Stdout.(*os.File); ok && isTerminal(f) {
+		return nil, f
+	}
+	return nil, nil
 }
 
 // forwardSignals passes caught signals to the container until done. Three

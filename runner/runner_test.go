@@ -2,13 +2,12 @@ package runner
 
 import (
 	"bufio"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -101,27 +100,17 @@ func TestExitCodes(t *testing.T) {
 func TestSigtermReachesCommand(t *testing.T) {
 	t.Parallel()
 	v := newView(t)
-	hs, _ := json.Marshal(helperSpec{
-		Rootfs: v.Merged, StateDir: t.TempDir(),
-		Args: []string{"sh", "-c", `trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done`},
-	})
-	helper := exec.Command(os.Args[0], runHelperVerb)
-	helper.Env = append(os.Environ(), helperSpecEnv+"="+string(hs))
-	helper.Stderr = os.Stderr
-	stdout, err := helper.StdoutPipe()
+	outRead, outWrite, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := helper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if helper.ProcessState == nil {
-			_ = helper.Process.Kill() // its init dies too (Pdeathsig)
-			_ = helper.Wait()
-		}
-	})
-	out := bufio.NewReader(stdout)
+	defer outRead.Close()
+	helper := startRunHelper(t, helperSpec{
+		Rootfs: v.Merged, StateDir: t.TempDir(),
+		Args: []string{"sh", "-c", `trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done`},
+	}, outWrite, nil)
+	outWrite.Close()
+	out := bufio.NewReader(outRead)
 	waitForLine(t, out, "ready")
 	initPid := childOf(t, helper.Process.Pid)
 	pidNS := pidNamespaceOf(initPid)
@@ -380,5 +369,110 @@ func TestTerminalResize(t *testing.T) {
 	waitForLine(t, out, "50 132")
 	if code, err := p.Wait(); code != 0 || err != nil {
 		t.Fatalf("Wait: %d, %v", code, err)
+	}
+}
+
+// TestInteractiveTerminal is "strata run -it" on a terminal: the stand-in
+// for strata run gets a host pty as its controlling terminal, puts it in
+// raw mode, passes Ctrl-C through as a byte and follows its size.
+func TestInteractiveTerminal(t *testing.T) {
+	t.Parallel()
+	v := newView(t)
+	master, slave := openHostTerminal(t)
+	setTerminalSize(t, master, 24, 80)
+	script := `trap 'stty size' WINCH; trap 'echo got-int; exit 3' INT; stty size; echo ready; while :; do sleep 0.1; done`
+	helper := startRunHelper(t, helperSpec{
+		Rootfs: v.Merged, StateDir: t.TempDir(), Args: []string{"sh", "-c", script}, Tty: true,
+	}, slave, &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0})
+	out := bufio.NewReader(master)
+
+	if seen := waitForLine(t, out, "ready"); !strings.Contains(seen, "24 80") {
+		t.Errorf("the container's terminal did not start at the host's 24x80: %q", seen)
+	}
+	initPid := childOf(t, helper.Process.Pid)
+	pidNS := pidNamespaceOf(initPid)
+	if mode := terminalMode(t, slave); mode.Lflag&(unix.ICANON|unix.ECHO|unix.ISIG) != 0 {
+		t.Errorf("the host terminal is not in raw mode during the run: lflag %#x", mode.Lflag)
+	}
+	setTerminalSize(t, master, 50, 132) // the kernel sends the stand-in SIGWINCH
+	waitForLine(t, out, "50 132")
+	if _, err := master.Write([]byte{0x03}); err != nil { // Ctrl-C
+		t.Fatal(err)
+	}
+	waitForLine(t, out, "got-int")
+	_ = helper.Wait()
+	if code := helper.ProcessState.ExitCode(); code != 3 {
+		t.Errorf("exit %d; want the command's 3", code)
+	}
+	if mode := terminalMode(t, slave); mode.Lflag&(unix.ICANON|unix.ECHO) != unix.ICANON|unix.ECHO {
+		t.Errorf("the host terminal's mode was not restored: lflag %#x", mode.Lflag)
+	}
+	assertNothingLeft(t, v.Merged, initPid, pidNS)
+}
+
+// openHostTerminal opens a new pty pair on the host; both are closed when
+// the test ends.
+func openHostTerminal(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master = os.NewFile(uintptr(m), "host pty master")
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	s, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(m), unix.TIOCGPTPEER, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	slave = os.NewFile(s, "host pty slave")
+	t.Cleanup(func() { slave.Close() })
+	return master, slave
+}
+
+func setTerminalSize(t *testing.T, f *os.File, rows, cols uint16) {
+	t.Helper()
+	if err := unix.IoctlSetWinsize(int(f.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func terminalMode(t *testing.T, f *os.File) *unix.Termios {
+	t.Helper()
+	mode, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mode
+}
+
+// TestReadOnlyView runs on a view that is itself read-only (a read-only bind
+// of the Debian tree): the generated file that has no placeholder there
+// (/etc/hosts) is skipped, the others are mounted.
+func TestReadOnlyView(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join(t.TempDir(), "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(debianRoot(t), root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(root, 0); err != nil {
+			t.Errorf("unmounting the read-only view: %v", err)
+			_ = unix.Unmount(root, unix.MNT_DETACH)
+		}
+	})
+	if err := unix.Mount("", root, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Rootfs: root, StateDir: t.TempDir(), Hostname: "testbox",
+		Args: []string{"sh", "-c", `cat /etc/hostname; test -e /etc/hosts || echo no-hosts`}}
+	r := run(t, spec)
+	if r.Code != 0 || r.Stdout != "testbox\nno-hosts\n" {
+		t.Fatalf("got exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
 }
