@@ -15,9 +15,8 @@ import (
 // passthrough open while any is live. If a file was opened from the lower
 // layer and is then copied up, an upper open given that id would write into
 // the LOWER file. So a passthrough handle is only handed out when no
-// passthrough handle of the other source is live; otherwise the open is
-// served through FUSE (direct I/O, which the kernel allows beside
-// passthrough opens). Guarded by node.mu.
+// passthrough handle of the other source is live; otherwise the node is
+// superseded (see handOut). Guarded by node.mu.
 type openState struct {
 	ptCount int  // live passthrough handles
 	ptUpper bool // their backing file is the upper one
@@ -109,7 +108,18 @@ func (n *node) open(flags int) (*file, error) {
 	return &file{n: n, fd: fd}, nil
 }
 
-// handOut decides between a passthrough and a FUSE-served handle.
+// handOut hands the open file to the kernel as a passthrough handle.
+//
+// The kernel allows one backing file per inode while passthrough opens are
+// live, and no other kind of open beside them. So when a file that is open
+// from a lower layer was copied up and is opened again (now on the upper
+// file), this kernel inode cannot serve the new open. The node is then
+// superseded: it leaves the inode table, so the next lookup of any of its
+// names makes a new node with the same st_ino and a new generation, which
+// the kernel treats as a new inode. The open answers ESTALE, on which the
+// kernel looks the path up again (LOOKUP_REVAL) and retries the open on the
+// new node. Old handles keep the old kernel inode and keep reading the old
+// content, as they do on overlayfs.
 func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
 	if !n.u.passthrough {
 		return f, 0, 0
@@ -117,7 +127,9 @@ func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.opens.ptCount > 0 && n.opens.ptUpper != f.upper {
-		return f, fuse.FOPEN_DIRECT_IO, 0
+		unix.Close(f.fd)
+		n.u.supersede(n)
+		return nil, 0, syscall.ESTALE
 	}
 	n.opens.ptCount++
 	n.opens.ptUpper = f.upper

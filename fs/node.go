@@ -25,6 +25,7 @@ type node struct {
 	u    *union
 	kind uint32 // S_IFMT; never changes
 	ino  uint64 // st_ino shown to the user; never changes
+	gen  uint64 // FUSE generation; a superseded node's successor has +1
 
 	// parent and name are one name of this node in the view, the one used
 	// to reach its upper entry. Guarded by u.treeMu.
@@ -406,11 +407,11 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		return old
 	}
 	fresh := &node{
-		u: n.u, kind: kind, ino: ci.ino, parent: n, name: name,
+		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
 		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
 	}
-	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino})
+	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
 	return fresh
 }
@@ -420,6 +421,19 @@ func (n *node) nodeFor(ino uint64) *node {
 	n.u.nodesMu.Lock()
 	defer n.u.nodesMu.Unlock()
 	return n.u.nodes[ino]
+}
+
+// supersede retires a node from the inode table so the next lookup makes a
+// new kernel inode for the same object (see handOut). Caller holds n.mu.
+func (u *union) supersede(n *node) {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	if u.nodes[n.ino] == n {
+		delete(u.nodes, n.ino)
+	}
+	if u.gens[n.ino] <= n.gen {
+		u.gens[n.ino] = n.gen + 1
+	}
 }
 
 // adoptName gives a known node the name it was just found under when its

@@ -45,6 +45,7 @@ type union struct {
 	// nodes maps inode numbers to live nodes; see node.newChild.
 	nodesMu sync.Mutex
 	nodes   map[uint64]*node
+	gens    map[uint64]uint64 // next generation of superseded inode numbers
 
 	wfmt        whiteout.Format
 	xattrPrefix string // our bookkeeping namespace: trusted.strata. or user.strata.
@@ -78,7 +79,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, gens: map[uint64]uint64{}}
 	ok := false
 	defer func() {
 		if !ok {
