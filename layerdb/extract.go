@@ -204,10 +204,8 @@ func (x *extractor) ensureDir(dir, entry string) (int, error) {
 	}
 	switch {
 	case errors.Is(err, unix.ENOENT):
-	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
-		return -1, fmt.Errorf("%w %q: its path goes through a symlink", ErrHostileTar, entry)
-	case errors.Is(err, unix.ENOTDIR):
-		return -1, fmt.Errorf("%w %q: a parent is not a directory", ErrHostileTar, entry)
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV), errors.Is(err, unix.ENOTDIR):
+		return -1, fmt.Errorf("%w %q: its parent %q is a symlink or not a directory, and entries are never written through symlinks", ErrHostileTar, entry, dir)
 	default:
 		return -1, fmt.Errorf("open directory %q: %w", dir, err)
 	}

@@ -73,8 +73,9 @@ type tarSpan struct {
 
 func indexTar(f *os.File) (*tarOpener, error) {
 	t := &tarOpener{f: f, entries: map[string]tarSpan{}}
-	pos := &countingReader{r: f}
-	tr := tar.NewReader(pos)
+	// tar.Reader reads whole blocks without read-ahead and skips file data
+	// by seeking f, so after Next the file offset is where the data starts.
+	tr := tar.NewReader(f)
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -86,7 +87,11 @@ func indexTar(f *os.File) (*tarOpener, error) {
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA:
-			t.entries[name] = tarSpan{off: pos.n, size: hdr.Size}
+			off, err := f.Seek(0, io.SeekCurrent)
+			if err != nil {
+				return nil, fmt.Errorf("read archive %s: %w", f.Name(), err)
+			}
+			t.entries[name] = tarSpan{off: off, size: hdr.Size}
 		case tar.TypeSymlink:
 			t.entries[name] = tarSpan{link: path.Join(path.Dir(name), hdr.Linkname)}
 		case tar.TypeLink:
@@ -320,8 +325,10 @@ func openSource(source string) (opener, sourceKind, func(), error) {
 	}
 	t, err := indexTar(f)
 	if err != nil {
-		f.Close()
-		return nil, 0, nil, err
+		// Not a readable archive: import it as a root filesystem tar, whose
+		// extraction reports what is wrong with it.
+		f.Seek(0, io.SeekStart)
+		return nil, kindRootfsTar, func() { f.Close() }, nil
 	}
 	switch {
 	case t.has("manifest.json"):

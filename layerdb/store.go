@@ -218,6 +218,9 @@ type tmpDir struct {
 
 func newTmpDir(root, kind string) (*tmpDir, error) {
 	parent := filepath.Join(root, tmpDirName)
+	if err := os.MkdirAll(parent, 0o700); err != nil { // a store not yet opened
+		return nil, fmt.Errorf("create work directory: %w", err)
+	}
 	p, err := os.MkdirTemp(parent, kind+"-"+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, fmt.Errorf("create work directory: %w", err)
