@@ -30,10 +30,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 
 func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
 	size, hasSize := in.GetSize()
-	if f, ok := fh.(*file); ok && f.upper {
-		return n.setattrFd(f.fd, in)
-	}
-	if f, ok := fh.(passthroughFile); ok && f.upper {
+	if f := asFile(fh); f != nil && f.upper {
 		return n.setattrFd(f.fd, in)
 	}
 	if err := n.copyUp(ctx0, hasSize && size != 0); err != nil {

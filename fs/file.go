@@ -20,6 +20,21 @@ import (
 type openState struct {
 	ptCount int  // live passthrough handles
 	ptUpper bool // their backing file is the upper one
+	// live are the open handles of the upper object: once every name of
+	// the node is gone, fchmod, fchown and friends still reach the file
+	// through them (the kernel sends those without a handle).
+	live map[*file]struct{}
+}
+
+// liveUpperFd returns a descriptor of an open handle of the upper object,
+// or -1. Caller holds n.mu.
+func (n *node) liveUpperFd() int {
+	for f := range n.opens.live {
+		if f.upper {
+			return f.fd
+		}
+	}
+	return -1
 }
 
 // file is an open regular file: a descriptor of the upper or lower backing
@@ -54,6 +69,17 @@ var (
 	_ gofs.FileSetattrer       = (*file)(nil)
 	_ gofs.FilePassthroughFder = passthroughFile{}
 )
+
+// asFile returns the file behind a handle go-fuse passes back, or nil.
+func asFile(fh gofs.FileHandle) *file {
+	switch f := fh.(type) {
+	case *file:
+		return f
+	case passthroughFile:
+		return f.file
+	}
+	return nil
+}
 
 const writeAccess = unix.O_WRONLY | unix.O_RDWR
 
@@ -121,11 +147,15 @@ func (n *node) open(flags int) (*file, error) {
 // new node. Old handles keep the old kernel inode and keep reading the old
 // content, as they do on overlayfs.
 func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
-	if !n.u.passthrough {
-		return f, 0, 0
-	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.opens.live == nil {
+		n.opens.live = map[*file]struct{}{}
+	}
+	if !n.u.passthrough {
+		n.opens.live[f] = struct{}{}
+		return f, 0, 0
+	}
 	if n.opens.ptCount > 0 && n.opens.ptUpper != f.upper {
 		unix.Close(f.fd)
 		n.u.supersede(n)
@@ -133,16 +163,18 @@ func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
 	}
 	n.opens.ptCount++
 	n.opens.ptUpper = f.upper
+	n.opens.live[f] = struct{}{}
 	f.pt = true
 	return passthroughFile{f}, 0, 0
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.n.mu.Lock()
 	if f.pt {
-		f.n.mu.Lock()
 		f.n.opens.ptCount--
-		f.n.mu.Unlock()
 	}
+	delete(f.n.opens.live, f)
+	f.n.mu.Unlock()
 	return toErrno(unix.Close(f.fd))
 }
 

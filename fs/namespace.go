@@ -267,12 +267,74 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, toErrno(err)
 	}
 	t.fillEntry(&st, out)
+	t.mu.Lock()
+	if t.parent == nil && t.anonFd >= 0 {
+		t.parent, t.name = n, name
+		unix.Close(t.anonFd)
+		t.anonFd = -1
+	}
+	t.mu.Unlock()
 	return &t.Inode, 0
 }
 
+var _ gofs.NodeTmpfiler = (*node)(nil)
+
+// Tmpfile makes an O_TMPFILE file in the upper directory. It has no name
+// until linkat gives it one (Link).
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.u.upper == nil || n.u.cfg.ReadOnly {
+		return nil, nil, 0, syscall.EROFS
+	}
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	if err := n.copyUpLocked(false); err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	n.mu.Lock()
+	dirfd, err := n.openUpperDir()
+	n.mu.Unlock()
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	defer unix.Close(dirfd)
+	openFlags := int(flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_TMPFILE) | unix.O_TMPFILE | unix.O_CLOEXEC
+	fd, err := unix.Openat(dirfd, ".", openFlags, mode&0o7777)
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	s := &slot{dirfd: dirfd}
+	uid, gid := s.owner(ctx)
+	var st unix.Stat_t
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err == nil {
+		err = unix.Fstat(fd, &st)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, toErrno(err)
+	}
+	anon, err := unix.Dup(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, toErrno(err)
+	}
+	child := &node{u: n.u, kind: unix.S_IFREG, ino: n.u.upper.foldIno(st.Ino), inUpper: true, anonFd: anon}
+	n.NewInode(ctx, child, gofs.StableAttr{Mode: unix.S_IFREG, Ino: child.ino})
+	n.u.nodesMu.Lock()
+	n.u.nodes[child.ino] = child
+	n.u.nodesMu.Unlock()
+	child.fillEntry(&st, out)
+	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true})
+	return &child.Inode, fh, fuseFlags, errno
+}
+
 func (n *node) linkInto(s *slot, tdir int, tname string) error {
+	flags := 0
+	if tname == "" {
+		// An O_TMPFILE file: link it through its /proc name.
+		tdir, tname, flags = unix.AT_FDCWD, procFdPath(tdir), unix.AT_SYMLINK_FOLLOW
+	}
 	if !s.overWhiteout {
-		return unix.Linkat(tdir, tname, s.dirfd, s.name, 0)
+		return unix.Linkat(tdir, tname, s.dirfd, s.name, flags)
 	}
 	workfd, err := n.u.workDir()
 	if err != nil {
@@ -280,7 +342,7 @@ func (n *node) linkInto(s *slot, tdir int, tname string) error {
 	}
 	defer unix.Close(workfd)
 	tmp := n.u.tmpName()
-	if err := unix.Linkat(tdir, tname, workfd, tmp, 0); err != nil {
+	if err := unix.Linkat(tdir, tname, workfd, tmp, flags); err != nil {
 		return err
 	}
 	if err := replaceWhiteout(workfd, tmp, s.dirfd, s.name); err != nil {

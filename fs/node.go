@@ -56,6 +56,9 @@ type node struct {
 	upperOpaque bool
 	// Open file bookkeeping for passthrough (see file.go).
 	opens openState
+	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
+	// -1 otherwise (see Tmpfile).
+	anonFd int
 }
 
 var (
@@ -67,7 +70,7 @@ var (
 )
 
 func (u *union) newRoot() (*node, error) {
-	root := &node{u: u, kind: unix.S_IFDIR}
+	root := &node{u: u, kind: unix.S_IFDIR, anonFd: -1}
 	all := make([]int, len(u.lowers))
 	for i := range all {
 		all[i] = i
@@ -128,6 +131,19 @@ func (n *node) openUpperDir() (int, error) {
 // and returns it with the entry's name. Caller holds u.treeMu shared.
 func (n *node) openUpperParent() (int, string, error) {
 	if n.parent == nil {
+		if n.anonFd >= 0 {
+			// An O_TMPFILE file with no name yet: the object itself.
+			fd, err := unix.Dup(n.anonFd)
+			return fd, "", err
+		}
+		if !n.IsRoot() {
+			// Unlinked: only its open handles reach it now.
+			if fd := n.liveUpperFd(); fd >= 0 {
+				dup, err := unix.Dup(fd)
+				return dup, "", err
+			}
+			return -1, "", unix.ENOENT
+		}
 		fd, err := unix.Dup(n.u.upper.rootFd)
 		return fd, "", err
 	}
@@ -410,6 +426,7 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
 		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
+		anonFd: -1,
 	}
 	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
@@ -451,6 +468,12 @@ func (n *node) adoptName(parent *node, name string) {
 // OnForget drops the node from the union's table once the kernel and
 // go-fuse let go of it.
 func (n *node) OnForget() {
+	n.mu.Lock()
+	if n.anonFd >= 0 {
+		unix.Close(n.anonFd)
+		n.anonFd = -1
+	}
+	n.mu.Unlock()
 	n.u.nodesMu.Lock()
 	if n.u.nodes[n.ino] == n {
 		delete(n.u.nodes, n.ino)
@@ -523,7 +546,7 @@ func (n *node) lowerBlocks(st *unix.Stat_t) {
 }
 
 func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if f, ok := fh.(*file); ok {
+	if f := asFile(fh); f != nil {
 		var st unix.Stat_t
 		if err := unix.Fstat(f.fd, &st); err != nil {
 			return toErrno(err)
