@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-fs/strata/fs"
+	"github.com/strata-fs/strata/layerdb"
 )
 
 func init() {
@@ -36,6 +37,7 @@ type mountOptions struct {
 	debug      bool
 	mountpoint string
 	storeRef   string // a container or image in the store, instead of layers
+	storeRoot  string
 }
 
 // daemonReadyEnv names the descriptor on which a background mount reports
@@ -51,6 +53,7 @@ func runMount(args []string) error {
 	f.StringArrayVarP(&o.opts, "options", "o", nil, "mount options: lowerdir=A:B,upperdir=U,workdir=W,ro,allow_other,volatile,...")
 	f.BoolVarP(&o.foreground, "foreground", "f", false, "stay attached and log here")
 	f.BoolVar(&o.debug, "debug", false, "log every FUSE request (implies --foreground)")
+	f.StringVar(&o.storeRoot, "root", layerdb.DefaultRoot(), "image store root, for CONTAINER|IMAGE (env STRATA_ROOT)")
 	if err := f.Parse(args); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -100,7 +103,7 @@ func (o *mountOptions) spec() (*fs.MountSpec, error) {
 		if len(spec.Lowers) > 0 {
 			return nil, fmt.Errorf("%w: give either layers or a container/image, not both", errUsage)
 		}
-		if err := specFromStore(o.storeRef, spec); err != nil {
+		if err := specFromStore(o.storeRoot, o.storeRef, spec); err != nil {
 			return nil, err
 		}
 	}
@@ -112,10 +115,22 @@ func (o *mountOptions) spec() (*fs.MountSpec, error) {
 	return spec, nil
 }
 
-// specFromStore fills the layers of a container or image from the store. It
-// is replaced when the image store is linked in.
-var specFromStore = func(ref string, spec *fs.MountSpec) error {
-	return fmt.Errorf("%w: %q is not a layer list and the image store is not available", errUsage, ref)
+// specFromStore fills the layers of a container (read-write) or an image
+// (read-only) from the store. The store is opened only for this lookup, so
+// a long-running mount never holds its lock.
+func specFromStore(root, ref string, spec *fs.MountSpec) error {
+	var ms layerdb.MountSpec
+	err := withStore(root, func(s *layerdb.Store) error {
+		var err error
+		ms, err = s.MountSpec(ref)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	spec.Lowers, spec.Upper, spec.Work = ms.Lowers, ms.Upper, ms.Work
+	spec.ReadOnly = spec.ReadOnly || ms.ReadOnly
+	return nil
 }
 
 // preflight checks what the kernel needs before anything is touched, and
