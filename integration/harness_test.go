@@ -290,7 +290,9 @@ func (ti *timedInodes) afterOp(o op, r opResult) {
 	}
 }
 
-// mtimeTouched lists the existing paths whose mtime o may change.
+// mtimeTouched lists the existing paths whose mtime o may change, and
+// those it may remove: a removed upper inode's number can be reused by a
+// new file, which must not inherit "timed".
 func mtimeTouched(o op) []string {
 	switch o.Kind {
 	case "read", "readlink", "getxattr", "listxattr", "stat", "statfs", "readdir", "seekmap", "locks",
@@ -305,10 +307,12 @@ func mtimeTouched(o op) []string {
 			out = append(out, o.Path)
 		}
 		return out
-	case "mkdir", "mknod", "symlink", "unlink", "rmdir":
+	case "mkdir", "mknod", "symlink":
 		return []string{parentOf(o.Path)}
+	case "unlink", "rmdir":
+		return []string{o.Path, parentOf(o.Path)}
 	case "link":
-		return []string{parentOf(o.Path2)}
+		return []string{o.Path2, parentOf(o.Path2)}
 	case "copyrange":
 		return []string{o.Path2, parentOf(o.Path2)}
 	case "rename", "open-renamed":
@@ -317,8 +321,9 @@ func mtimeTouched(o op) []string {
 		return []string{o.Path, parentOf(o.Path2)}
 	case "open-unlinked":
 		return []string{o.Path, parentOf(o.Path)}
+	case "readdir-changing":
+		return []string{o.Path, path.Join(o.Path, o.Name)}
 	}
-	// Data writes, truncation, readdir-changing and concurrent-ns (a
-	// directory's entries).
+	// Data writes, truncation, and concurrent-ns (a directory's entries).
 	return []string{o.Path}
 }

@@ -1,12 +1,14 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -27,7 +29,43 @@ func TestMain(m *testing.M) {
 	if isHelperProcess() {
 		os.Exit(runHelperProcess())
 	}
+	if os.Getenv(privateNamespaceEnv) == "" {
+		os.Exit(reexecInPrivateMountNamespace())
+	}
 	os.Exit(runTests(m))
+}
+
+const privateNamespaceEnv = "STRATA_IT_IN_PRIVATE_MOUNT_NS"
+
+// reexecInPrivateMountNamespace runs the test binary again in a new mount
+// namespace with private propagation and returns its exit code. The mounts
+// the tests make are then invisible to everything else on the machine:
+// another program that creates a mount namespace meanwhile (container
+// tests do) cannot take a copy of them, which would keep an unmounted
+// overlay alive (index=on then refuses to mount its upper again: EBUSY) and
+// a FUSE daemon serving. When the tests end, the namespace goes with them.
+func reexecInPrivateMountNamespace() int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), privateNamespaceEnv+"=1")
+	// Go makes "/" recursively private in the child when it unshares
+	// CLONE_NEWNS.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "re-exec in a private mount namespace:", err)
+		return 1
+	}
+	return 0
 }
 
 func runTests(m *testing.M) int {
