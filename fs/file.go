@@ -81,6 +81,12 @@ func asFile(fh gofs.FileHandle) *file {
 	return nil
 }
 
+// openFlagsKept are the open(2) flags passed on to the backing file. The
+// kernel also sends internal bits (FMODE_EXEC for execve, for one), which
+// openat2 rightly refuses with EINVAL.
+const openFlagsKept = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_DIRECT |
+	unix.O_LARGEFILE | unix.O_NOATIME | unix.O_SYNC | unix.O_DSYNC | unix.O_TRUNC
+
 const writeAccess = unix.O_WRONLY | unix.O_RDWR
 
 // Open opens the backing file, copying it up first when the open may
@@ -107,7 +113,7 @@ func (n *node) open(flags int) (*file, error) {
 	defer n.u.treeMu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	openFlags := flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	openFlags := flags&openFlagsKept | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	if n.inUpper && !(n.metacopy && !wantsUpper) {
 		dirfd, name, err := n.openObject()
 		if err != nil {

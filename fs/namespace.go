@@ -177,7 +177,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, toErrno(err)
 	}
 	defer unix.Close(s.dirfd)
-	openFlags := int(flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY) | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	openFlags := int(flags)&openFlagsKept | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	fd := -1
 	err = n.makeEntry(ctx, s, false, func(dirfd int, nm string) error {
 		var e error
@@ -297,7 +297,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, toErrno(err)
 	}
 	defer unix.Close(dirfd)
-	openFlags := int(flags)&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_TMPFILE) | unix.O_TMPFILE | unix.O_CLOEXEC
+	openFlags := int(flags)&openFlagsKept&^unix.O_TRUNC | unix.O_TMPFILE | unix.O_CLOEXEC
 	fd, err := unix.Openat(dirfd, ".", openFlags, mode&0o7777)
 	if err != nil {
 		return nil, nil, 0, toErrno(err)

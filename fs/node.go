@@ -137,6 +137,16 @@ func (n *node) openUpperParent() (int, string, error) {
 			return fd, "", err
 		}
 		if !n.IsRoot() {
+			// Its recorded name was removed or replaced. A hard link
+			// may still name it: go-fuse's tree knows the names the
+			// kernel holds.
+			if name, p := n.Inode.Parent(); p != nil {
+				if pn, ok := p.Operations().(*node); ok {
+					n.parent, n.name = pn, name
+					fd, err := pn.openUpperDir()
+					return fd, name, err
+				}
+			}
 			// Unlinked: only its open handles reach it now.
 			if fd := n.liveUpperFd(); fd >= 0 {
 				dup, err := unix.Dup(fd)

@@ -319,9 +319,18 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 	if mo.DefaultPermissions {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "default_permissions")
 	}
-	opts.MountOptions.Options = append(opts.MountOptions.Options, mo.Extra...)
+	extra := mo.Extra
 	if cfg.ReadOnly || u.upper == nil {
-		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+		extra = append(extra, "ro")
+	}
+	if os.Geteuid() == 0 {
+		// mount(2) itself: these are flags, and the kernel refuses
+		// them as option strings. Without any, a root mount allows
+		// devices and setuid files, as overlayfs does.
+		opts.MountOptions.DirectMountFlags = mountFlags(extra)
+	} else {
+		// fusermount3 turns the words into flags itself.
+		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
 	}
 	srv, err := gofs.Mount(mountpoint, root, opts)
 	if err != nil {
@@ -329,8 +338,36 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	u.server = srv
-	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
+	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && os.Getenv("STRATA_NO_PASSTHROUGH") == ""
 	return &Server{Server: srv, u: u}, nil
+}
+
+// mountFlags turns mount(2) option words into MS_* flags. The result is
+// never 0, which go-fuse would read as "nosuid,nodev".
+func mountFlags(words []string) uintptr {
+	flags := uintptr(unix.MS_RELATIME)
+	set := map[string]uintptr{
+		"ro": unix.MS_RDONLY, "nodev": unix.MS_NODEV, "nosuid": unix.MS_NOSUID, "noexec": unix.MS_NOEXEC,
+		"noatime": unix.MS_NOATIME, "nodiratime": unix.MS_NODIRATIME, "strictatime": unix.MS_STRICTATIME,
+		"sync": unix.MS_SYNCHRONOUS, "dirsync": unix.MS_DIRSYNC, "lazytime": unix.MS_LAZYTIME,
+		"relatime": unix.MS_RELATIME,
+	}
+	clear := map[string]uintptr{
+		"dev": unix.MS_NODEV, "suid": unix.MS_NOSUID, "exec": unix.MS_NOEXEC, "atime": unix.MS_NOATIME,
+		"diratime": unix.MS_NODIRATIME, "async": unix.MS_SYNCHRONOUS,
+	}
+	for _, w := range words {
+		if f, ok := set[w]; ok {
+			if f == unix.MS_NOATIME || f == unix.MS_STRICTATIME {
+				flags &^= unix.MS_RELATIME
+			}
+			flags |= f
+		}
+		if f, ok := clear[w]; ok {
+			flags &^= f
+		}
+	}
+	return flags
 }
 
 // Close releases the layer descriptors after the server has stopped.
