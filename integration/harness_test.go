@@ -54,15 +54,22 @@ func setupPair(t *testing.T, sc scenario) *pair {
 			t.Fatal(err)
 		}
 	}
-	oracle := kernelOverlay{options: append(append([]string{}, oracleOptions...), sc.extraOracleOptions...)}
+	return mountPair(t, dir, sutLowers, oracleLowers, sc.readOnly, sc.extraOracleOptions)
+}
+
+// mountPair mounts the oracle on oracleLowers and the SUT on sutLowers,
+// each with its own upper and work directory under dir.
+func mountPair(t *testing.T, dir string, sutLowers, oracleLowers []string, readOnly bool, extraOracleOptions []string) *pair {
+	t.Helper()
+	oracle := kernelOverlay{options: append(append([]string{}, oracleOptions...), extraOracleOptions...)}
 	p := &pair{t: t, sutLowers: sutLowers, oracleLowers: oracleLowers}
-	p.oracle = mountView(t, oracle, newStackDirs(t, filepath.Join(dir, "oracle"), oracleLowers, sc.readOnly))
+	p.oracle = mountView(t, oracle, newStackDirs(t, filepath.Join(dir, "oracle"), oracleLowers, readOnly))
 	sut, sutLayerDirs := sutTarget(t), sutLowers
 	if sutName() == "kernel" {
 		// The harness self-check: the kernel reads only its own markers.
 		sut, sutLayerDirs = oracle, oracleLowers
 	}
-	p.sut = mountView(t, sut, newStackDirs(t, filepath.Join(dir, "sut"), sutLayerDirs, sc.readOnly))
+	p.sut = mountView(t, sut, newStackDirs(t, filepath.Join(dir, "sut"), sutLayerDirs, readOnly))
 	p.timed = newTimedInodes(p.oracle.mnt, p.walk(p.oracle))
 	return p
 }
