@@ -101,6 +101,10 @@ func OpenWithOptions(root string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := removeEmptyValueLogs(filepath.Join(abs, dbDirName)); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	db, err := badger.Open(badgerOptions(filepath.Join(abs, dbDirName)))
 	if err != nil {
 		lock.Close()
@@ -143,6 +147,26 @@ func badgerOptions(dir string) badger.Options {
 		WithIndexCacheSize(0).
 		WithNumCompactors(2).
 		WithCompactL0OnClose(false)
+}
+
+// removeEmptyValueLogs deletes zero-length badger value logs. A kill between
+// badger creating a value log and writing its 20-byte header leaves one, and
+// badger v4.9 then refuses to open ("Open existing file ... Create a new
+// file"); found by TestKillAtRandomPoints. An empty file holds no data, so
+// removing it loses nothing.
+func removeEmptyValueLogs(dbDir string) error {
+	logs, err := filepath.Glob(filepath.Join(dbDir, "*.vlog"))
+	if err != nil {
+		return fmt.Errorf("list value logs: %w", err)
+	}
+	for _, l := range logs {
+		if st, err := os.Stat(l); err == nil && st.Size() == 0 {
+			if err := os.Remove(l); err != nil {
+				return fmt.Errorf("remove empty value log: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // lockStore takes the store's exclusive lock, retrying with backoff: other
