@@ -376,6 +376,9 @@ func (s *Server) Close() { s.u.close() }
 // checkMountpoint refuses a mountpoint that lies inside or over a layer: the
 // daemon would then look up names through its own mount and deadlock.
 func checkMountpoint(mountpoint string, cfg Config) error {
+	if (cfg.Upper == "") != (cfg.Work == "") {
+		return ErrUpperNeedWork
+	}
 	dirs := append([]string(nil), cfg.Lowers...)
 	if cfg.Upper != "" {
 		dirs = append(dirs, cfg.Upper, cfg.Work)
