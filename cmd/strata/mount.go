@@ -139,19 +139,21 @@ func preflight(mountpoint string) error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("/dev/fuse is missing (load the fuse module or pass the device into this container): %w", err)
 	}
-	_, err := os.Stat(mountpoint)
-	if errors.Is(err, syscall.ENOTCONN) {
+	// statfs always asks the daemon (stat may be answered from the
+	// kernel's attribute cache), so it tells a dead FUSE mount reliably.
+	var sfs unix.Statfs_t
+	err := unix.Statfs(mountpoint, &sfs)
+	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
 		// "Transport endpoint is not connected": the daemon died.
 		if uerr := unix.Unmount(mountpoint, unix.MNT_DETACH); uerr != nil {
 			return fmt.Errorf("mountpoint %s is a dead FUSE mount and could not be cleared: %w", mountpoint, uerr)
 		}
 		fmt.Fprintf(os.Stderr, "strata: cleared the dead mount at %s\n", mountpoint)
-		_, err = os.Stat(mountpoint)
 	}
+	st, err := os.Stat(mountpoint)
 	if err != nil {
 		return fmt.Errorf("mountpoint: %w", err)
 	}
-	st, _ := os.Stat(mountpoint)
 	if !st.IsDir() {
 		return fmt.Errorf("mountpoint %s is not a directory", mountpoint)
 	}
