@@ -45,6 +45,9 @@ func Run(spec Spec) (int, error) {
 	done := make(chan struct{})
 	defer close(done)
 	go forwardSignals(p, signals, sizeTerm, done)
+	if spec.Started != nil {
+		spec.Started(p)
+	}
 	return p.Wait()
 }
 

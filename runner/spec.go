@@ -120,6 +120,11 @@ type Spec struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
+
+	// Started, when set, is called by Run once the container is running
+	// and before Run waits for it; "strata run" records the init's pid
+	// there. Start does not call it.
+	Started func(*Process)
 }
 
 // validate checks what can be checked on the host, before any namespace
