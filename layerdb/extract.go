@@ -421,6 +421,9 @@ func (x *extractor) finishDirs() error {
 	for i := len(x.dirs) - 1; i >= 0; i-- {
 		d := x.dirs[i]
 		fd, err := x.openBeneath(d.path, unix.O_RDONLY|unix.O_DIRECTORY)
+		if replacedDir(err) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("reopen directory %q: %w", d.hdr.Name, err)
 		}
@@ -439,6 +442,13 @@ func (x *extractor) finishDirs() error {
 		}
 	}
 	return nil
+}
+
+// replacedDir reports whether reopening a directory failed because a later
+// entry replaced it (a file, a symlink, a whiteout) or removed it, as tar
+// extraction allows: then it has no mode or times of ours to set.
+func replacedDir(err error) bool {
+	return errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP)
 }
 
 // tarMode is the permission and set-id bits of an entry.

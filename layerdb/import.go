@@ -33,7 +33,7 @@ type ImportOptions struct {
 // The store is locked only twice, briefly: to learn which layers are present
 // and to publish. Layer data is extracted in between without the lock.
 func Import(root, source string, opts ImportOptions) ([]*Image, error) {
-	o, kind, closeSrc, err := openSource(source)
+	o, kind, closeSrc, err := openSource(root, source)
 	if err != nil {
 		return nil, err
 	}
@@ -98,9 +98,18 @@ func presentLayers(root string) (map[digest.Digest]bool, error) {
 	return present, err
 }
 
-// ingestImage extracts the layers of one source image that the store lacks.
-// present grows by the layers it extracted.
-func ingestImage(root string, o opener, si sourceImage, present map[digest.Digest]bool, progress Progress) (*Image, []*pendingLayer, error) {
+// layerPlan is one layer of a source image: where its blob is in the
+// source and what it must turn out to be.
+type layerPlan struct {
+	chain digest.Digest
+	path  string
+	want  layerExpect
+}
+
+// planImage reads a source image's config and checks it against the
+// manifest before any layer is read: the image record to publish and the
+// layers it is made of, base first.
+func planImage(si sourceImage) (*Image, []layerPlan, error) {
 	var cfg v1.Image
 	if err := json.Unmarshal(si.config, &cfg); err != nil {
 		return nil, nil, fmt.Errorf("parse image config: %w", err)
@@ -108,39 +117,55 @@ func ingestImage(root string, o opener, si sourceImage, present map[digest.Diges
 	if len(cfg.RootFS.DiffIDs) != len(si.layers) {
 		return nil, nil, fmt.Errorf("image config lists %d layers, manifest %d", len(cfg.RootFS.DiffIDs), len(si.layers))
 	}
-	im := &Image{ID: digest.FromBytes(si.config), Config: si.config, Names: si.names, Created: time.Now().UTC()}
-	if cfg.Created != nil {
-		im.Created = cfg.Created.UTC()
-	}
-	for i := range si.names {
-		n, err := NormalizeName(si.names[i])
+	names := make([]string, len(si.names))
+	for i, n := range si.names {
+		norm, err := NormalizeName(n)
 		if err != nil {
 			return nil, nil, err
 		}
-		si.names[i] = n
+		names[i] = norm
+	}
+	im := &Image{ID: digest.FromBytes(si.config), Config: si.config, Names: names, Created: time.Now().UTC()}
+	if cfg.Created != nil {
+		im.Created = cfg.Created.UTC()
 	}
 	history := layerHistory(cfg)
-	var pending []*pendingLayer
+	plans := make([]layerPlan, 0, len(si.layers))
 	var parent digest.Digest
 	for i, diffID := range cfg.RootFS.DiffIDs {
 		if err := diffID.Validate(); err != nil {
-			return nil, pending, fmt.Errorf("layer %d DiffID: %w", i, err)
+			return nil, nil, fmt.Errorf("layer %d DiffID: %w", i, err)
+		}
+		want := layerExpect{parent: parent, diffID: diffID, blob: si.layers[i].blob, size: si.layers[i].size}
+		if i < len(history) {
+			want.createdBy, want.comment = history[i].CreatedBy, history[i].Comment
 		}
 		chain := ChainID(parent, diffID)
+		plans = append(plans, layerPlan{chain: chain, path: si.layers[i].path, want: want})
 		im.Layers = append(im.Layers, chain)
-		if !present[chain] {
-			want := layerExpect{parent: parent, diffID: diffID, blob: si.layers[i].blob, size: si.layers[i].size}
-			if i < len(history) {
-				want.createdBy, want.comment = history[i].CreatedBy, history[i].Comment
-			}
-			p, err := ingestFromSource(root, o, si.layers[i].path, want, progress)
-			if err != nil {
-				return nil, pending, fmt.Errorf("layer %d (%s): %w", i, si.layers[i].path, err)
-			}
-			pending = append(pending, p)
-			present[chain] = true
-		}
 		parent = chain
+	}
+	return im, plans, nil
+}
+
+// ingestImage extracts the layers of one source image that the store lacks.
+// present grows by the layers it extracted.
+func ingestImage(root string, o opener, si sourceImage, present map[digest.Digest]bool, progress Progress) (*Image, []*pendingLayer, error) {
+	im, plans, err := planImage(si)
+	if err != nil {
+		return nil, nil, err
+	}
+	var pending []*pendingLayer
+	for i, lp := range plans {
+		if present[lp.chain] {
+			continue
+		}
+		p, err := ingestFromSource(root, o, lp.path, lp.want, progress)
+		if err != nil {
+			return nil, pending, fmt.Errorf("layer %d (%s): %w", i, lp.path, err)
+		}
+		pending = append(pending, p)
+		present[lp.chain] = true
 	}
 	return im, pending, nil
 }

@@ -3,7 +3,6 @@ package layerdb
 import (
 	"archive/tar"
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -161,18 +160,18 @@ func extractWithTarSplit(dir string, tarStream io.Reader) (*Layer, error) {
 // decompress sniffs the stream's magic bytes: layers may be gzip or zstd
 // whatever their media type says (docker archives do not say).
 func decompress(r *bufio.Reader) (io.Reader, func(), error) {
-	magic, _ := r.Peek(4)
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+	magic, _ := r.Peek(len(zstdMagic))
+	switch sniffCompression(magic) {
+	case compressionGzip:
 		zr, err := gzip.NewReader(r)
 		if err != nil {
-			return nil, nil, fmt.Errorf("gzip layer: %w", err)
+			return nil, nil, fmt.Errorf("gzip stream: %w", err)
 		}
 		return zr, func() { zr.Close() }, nil
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case compressionZstd:
 		zr, err := zstd.NewReader(r)
 		if err != nil {
-			return nil, nil, fmt.Errorf("zstd layer: %w", err)
+			return nil, nil, fmt.Errorf("zstd stream: %w", err)
 		}
 		return zr, zr.Close, nil
 	}

@@ -2,9 +2,7 @@ package layerdb
 
 import (
 	"archive/tar"
-	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -64,6 +62,9 @@ func (d dirOpener) has(name string) bool {
 type tarOpener struct {
 	f       *os.File
 	entries map[string]tarSpan
+	// foreign: some entry has a name no image archive has (see
+	// archiveEntryName), so the tar is a root filesystem.
+	foreign bool
 }
 
 type tarSpan struct {
@@ -85,6 +86,7 @@ func indexTar(f *os.File) (*tarOpener, error) {
 			return nil, fmt.Errorf("read archive %s: %w", f.Name(), err)
 		}
 		name := path.Clean(strings.TrimPrefix(hdr.Name, "./"))
+		t.foreign = t.foreign || !archiveEntryName(hdr.Name)
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA:
 			off, err := f.Seek(0, io.SeekCurrent)
@@ -283,70 +285,4 @@ func refNames(ann map[string]string) []string {
 		return []string{n}
 	}
 	return nil
-}
-
-// sourceKind is what an import SOURCE turned out to be.
-type sourceKind int
-
-const (
-	kindOCILayout sourceKind = iota
-	kindDockerArchive
-	kindRootfsTar
-	kindRootfsDir
-)
-
-// openSource classifies SOURCE: a directory with an oci-layout file is an
-// OCI layout, any other directory a root filesystem; a tar with manifest.json
-// at its top is a docker archive, one with oci-layout an OCI archive; any
-// other file (tar, gzip or zstd) is a root filesystem tar.
-func openSource(source string) (opener, sourceKind, func(), error) {
-	st, err := os.Stat(source)
-	if err != nil {
-		return nil, 0, nil, fmt.Errorf("import source: %w", err)
-	}
-	if st.IsDir() {
-		fd, err := unix.Open(source, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, 0, nil, fmt.Errorf("open %s: %w", source, err)
-		}
-		d := dirOpener{fd: fd}
-		closeFn := func() { unix.Close(fd) }
-		if d.has("oci-layout") {
-			return d, kindOCILayout, closeFn, nil
-		}
-		return d, kindRootfsDir, closeFn, nil
-	}
-	f, err := os.Open(source)
-	if err != nil {
-		return nil, 0, nil, fmt.Errorf("open %s: %w", source, err)
-	}
-	if !isPlainTar(f) {
-		return nil, kindRootfsTar, func() { f.Close() }, nil
-	}
-	t, err := indexTar(f)
-	if err != nil {
-		// Not a readable archive: import it as a root filesystem tar, whose
-		// extraction reports what is wrong with it.
-		f.Seek(0, io.SeekStart)
-		return nil, kindRootfsTar, func() { f.Close() }, nil
-	}
-	switch {
-	case t.has("manifest.json"):
-		return t, kindDockerArchive, func() { f.Close() }, nil
-	case t.has("oci-layout") && t.has("index.json"):
-		return t, kindOCILayout, func() { f.Close() }, nil
-	}
-	return nil, kindRootfsTar, func() { f.Close() }, nil
-}
-
-// isPlainTar reports whether f starts with a ustar header (compressed
-// archives are only ever root filesystems here).
-func isPlainTar(f *os.File) bool {
-	defer f.Seek(0, io.SeekStart)
-	br := bufio.NewReader(f)
-	hdr, err := br.Peek(512)
-	if err != nil {
-		return errors.Is(err, io.EOF) && len(hdr) == 0
-	}
-	return string(hdr[257:262]) == "ustar"
 }
