@@ -17,7 +17,9 @@
 //	ROOT/containers/<id>/init/         the container's init layer
 //	ROOT/containers/<id>/upper/        its writable layer
 //	ROOT/containers/<id>/work/         overlay-style work directory
-//	ROOT/tmp/<kind>-<pid>-<random>/    work in progress (see Crash safety)
+//	ROOT/tmp/<kind>-<pid>-<random>/    work in progress (see Crash safety): a
+//	                                   layer, container, trash, or a
+//	                                   decompressed archive being imported
 //
 // A layer directory is named by its ChainID, so a layer shared by two images
 // is stored once. Its files are the change-set with whiteouts in one form:
@@ -135,6 +137,15 @@
 // podman save, skopeo), and root filesystem tars or directories; layers may
 // be plain, gzip or zstd (sniffed from their magic bytes) and are verified
 // against the manifest's blob digest and the config's DiffID while
-// streaming. Save writes an OCI image layout plus docker's manifest.json in
+// streaming.
+//
+// An archive is told from a root filesystem tar by its content, never its
+// file name: a tar is an image archive when every entry has a name image
+// archives use (manifest.json, repositories, index.json, oci-layout,
+// blobs/, <hex>.json, <hex>.tar, <hex>/) and its marker files are there.
+// A gzip or zstd file ("docker save | gzip") is decompressed into a work
+// directory under tmp/ while its names pass that test, since layers are
+// then read by offset; a compressed root filesystem is recognised at its
+// first foreign name, so only that prefix is decompressed twice. Save writes an OCI image layout plus docker's manifest.json in
 // one tar (what docker 25+ writes), with uncompressed layers.
 package layerdb

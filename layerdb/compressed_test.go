@@ -1,0 +1,98 @@
+package layerdb
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// TestImportCompressedArchives: "docker save | gzip" and its kin. A docker
+// archive and an OCI archive written by skopeo, compressed by gzip and
+// zstd, import as the same multi-layer image as uncompressed (same DiffIDs,
+// name from the archive), not as a one-layer root filesystem, and leave no
+// work directory behind.
+func TestImportCompressedArchives(t *testing.T) {
+	work := t.TempDir()
+	layout := buildUmociImage(t, work, "v1", nil)
+	docker := filepath.Join(work, "docker.tar")
+	run(t, "skopeo", "copy", "--quiet", "oci:"+layout+":v1", "docker-archive:"+docker+":example.com/comp:v1")
+	oci := filepath.Join(work, "oci.tar")
+	run(t, "skopeo", "copy", "--quiet", "oci:"+layout+":v1", "oci-archive:"+oci+":example.com/comp:v1")
+	want := importedDiffIDs(t, docker, "")
+	if len(want) != 3 {
+		t.Fatalf("uncompressed docker archive imported with %d layers, want 3", len(want))
+	}
+	for _, src := range []string{docker, oci} {
+		for _, comp := range [][]string{{"gzip", "-k", "-f"}, {"zstd", "-q", "-f"}} {
+			compressed := compress(t, src, comp)
+			got := importedDiffIDs(t, compressed, "example.com/comp:v1")
+			if !slices.Equal(got, want) {
+				t.Errorf("%s: DiffIDs %v, want %v", filepath.Base(compressed), got, want)
+			}
+		}
+	}
+}
+
+// compress runs a compressor (gzip or zstd, keeping the input) on src and
+// returns the file it wrote.
+func compress(t *testing.T, src string, cmd []string) string {
+	t.Helper()
+	run(t, cmd[0], append(cmd[1:], src)...)
+	ext := map[string]string{"gzip": ".gz", "zstd": ".zst"}[cmd[0]]
+	return src + ext
+}
+
+// importedDiffIDs imports src into a fresh store and returns the DiffIDs of
+// the one image it holds; with wantName, the image must carry that name.
+func importedDiffIDs(t *testing.T, src, wantName string) []digest.Digest {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "store")
+	images, err := Import(root, src, ImportOptions{})
+	if err != nil {
+		t.Fatalf("import %s: %v", filepath.Base(src), err)
+	}
+	if len(images) != 1 {
+		t.Fatalf("import %s: %d images, want 1", filepath.Base(src), len(images))
+	}
+	if wantName != "" && !slices.Contains(images[0].Names, wantName) {
+		t.Errorf("import %s: names %v, want %s", filepath.Base(src), images[0].Names, wantName)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(root, tmpDirName)); len(entries) != 0 {
+		t.Errorf("import %s left %d work directories", filepath.Base(src), len(entries))
+	}
+	return diffIDsOf(t, root, images[0].ID.String())
+}
+
+// TestImportCompressedRootfsStaysRootfs: a gzipped root filesystem tar whose
+// top holds a manifest.json (beside bin/ and etc/) is still one layer, with
+// every file in it.
+func TestImportCompressedRootfsStaysRootfs(t *testing.T) {
+	work := t.TempDir()
+	tree := filepath.Join(work, "tree")
+	writeFile(t, tree+"/manifest.json", "[]")
+	writeFile(t, tree+"/bin/sh", "#!")
+	writeFile(t, tree+"/etc/os-release", "ID=x\n")
+	tgz := filepath.Join(work, "rootfs.tar.gz")
+	run(t, "tar", "-czf", tgz, "-C", tree, ".")
+	root := filepath.Join(work, "store")
+	images, err := Import(root, tgz, ImportOptions{Name: "rootfs:gz"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 1 || len(images[0].Layers) != 1 {
+		t.Fatalf("gzipped rootfs imported as %d images, first with %d layers; want 1 with 1", len(images), len(images[0].Layers))
+	}
+	s := mustOpen(t, root)
+	l, err := s.Layer(images[0].Layers[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"manifest.json", "bin/sh", "etc/os-release"} {
+		if _, err := os.Lstat(filepath.Join(l.Dir, p)); err != nil {
+			t.Errorf("rootfs layer lacks %s: %v", p, err)
+		}
+	}
+}
