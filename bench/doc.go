@@ -12,9 +12,8 @@
 //	STRATA_BENCH_TARGETS=strata,overlayfs,fuse-overlayfs go test -bench . ./bench/
 //
 // Besides ns/op, benchmarks that mount a FUSE daemon report daemon-cpu-ns/op
-// (the daemon's user+system CPU time per operation, read from /proc; the
-// kernel counts it in 10 ms ticks, so it is meaningful over many operations)
-// and copy-up benchmarks report upper-MiB/op, the disk space the copy took in
+// (the CPU time of the daemon's threads per operation, from
+// /proc/PID/task/*/schedstat), lookups report ns/lookup, and copy-up benchmarks report upper-MiB/op, the disk space the copy took in
 // the upper layer (small for a metadata-only copy-up or a sparse file whose
 // holes were kept).
 //
