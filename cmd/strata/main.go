@@ -97,7 +97,9 @@ func mountHelperArgs(args []string) ([]string, bool) {
 func printUsage() {
 	names := make([]string, 0, len(verbs))
 	for n := range verbs {
-		names = append(names, n)
+		if !strings.HasPrefix(n, "__") { // internal verbs the runner re-executes
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	fmt.Fprintln(os.Stderr, "strata: a union filesystem for container images\n\nUsage: strata COMMAND [OPTIONS]\n\nCommands:")
