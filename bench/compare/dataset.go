@@ -20,11 +20,14 @@ import (
 
 // datasetVersion is written into each part's completion marker; change it
 // when the data set's recipe changes so old caches are rebuilt.
-const datasetVersion = "strata-bench data set v1\n"
+const datasetVersion = "strata-bench data set v2\n"
 
 // Sizes of the standard data set.
 const (
-	imageEntries     = 50_000
+	// hostEntries host files and directories go into the image; whiteouts
+	// and the opaque directory hide about 1,700 of them, leaving a merged
+	// view of about 50,000 entries.
+	hostEntries      = 51_700
 	imageLayerCount  = 5
 	maxCopiedFile    = 256 << 10 // larger host files are left out
 	bigFileSize      = 1 << 30
@@ -130,7 +133,7 @@ func pathHash(s string) uint64 {
 // earlier files and making one directory opaque, two 1 GiB files of random
 // data in the base layer, and the merged view as a plain directory.
 func buildImage(tmp string) error {
-	files, err := chooseHostFiles([]string{"/usr/share", "/usr/lib"}, imageEntries)
+	files, err := chooseHostFiles([]string{"/usr/share", "/usr/lib"}, hostEntries)
 	if err != nil {
 		return err
 	}
