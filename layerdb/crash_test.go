@@ -37,6 +37,8 @@ func runHelper(verb string, args []string) int {
 		}
 	case "commit":
 		_, err = Commit(root, arg, "crash:committed", CommitOptions{})
+	case "hold":
+		err = holdDir(arg)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
