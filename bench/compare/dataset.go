@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -88,14 +89,16 @@ func (d dataset) deepBottom() string {
 	return fixture.DeepLayerDir(filepath.Join(d.deepDir, "layers"), 0)
 }
 
-// build makes every missing part of the data set.
-func (d dataset) build(logf func(string, ...any)) error {
+// build makes every missing part of the data set. Cancelling ctx stops the
+// image build between files (and its one mount is taken down); the other
+// parts take seconds.
+func (d dataset) build(ctx context.Context, logf func(string, ...any)) error {
 	parts := []struct {
 		name  string
 		dir   string
 		build func(string) error
 	}{
-		{"5-layer image", d.imageDir, buildImage},
+		{"5-layer image", d.imageDir, func(tmp string) error { return buildImage(ctx, tmp) }},
 		{"deep stacks", d.deepDir, func(tmp string) error {
 			return fixture.WriteDeepLayers(filepath.Join(tmp, "layers"), deepLayers, deepBottomFiles)
 		}},
@@ -104,6 +107,9 @@ func (d dataset) build(logf func(string, ...any)) error {
 	for _, p := range parts {
 		if fixture.IsComplete(p.dir, datasetVersion) {
 			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("data set: %w", err)
 		}
 		logf("building %s in %s ...", p.name, p.dir)
 		start := time.Now()
@@ -132,7 +138,7 @@ func pathHash(s string) uint64 {
 // /usr/lib spread over the layers, later layers overwriting and whiting out
 // earlier files and making one directory opaque, two 1 GiB files of random
 // data in the base layer, and the merged view as a plain directory.
-func buildImage(tmp string) error {
+func buildImage(ctx context.Context, tmp string) error {
 	files, err := chooseHostFiles([]string{"/usr/share", "/usr/lib"}, hostEntries)
 	if err != nil {
 		return err
@@ -146,6 +152,9 @@ func buildImage(tmp string) error {
 	}
 	home := make(map[string]int, len(files)) // rel -> layer that adds it
 	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		home[f.rel] = layerOf(f.hash)
 		if err := copyHostFile(f.src, layers[home[f.rel]].Path(f.rel)); err != nil {
 			return err
@@ -173,7 +182,7 @@ func buildImage(tmp string) error {
 			return err
 		}
 	}
-	return copyMergedView(tmp)
+	return copyMergedView(ctx, tmp)
 }
 
 // layerOf spreads files: 60% in the base layer, 10% in each later one.
@@ -345,7 +354,7 @@ func makeOpaqueDir(top fixture.Layer, dir string) error {
 
 // copyMergedView mounts the layers with kernel overlayfs, read-only, and
 // copies the union view to tmp/merged: the plain-directory baseline.
-func copyMergedView(tmp string) error {
+func copyMergedView(ctx context.Context, tmp string) error {
 	mnt := filepath.Join(tmp, "mnt")
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return fmt.Errorf("merged view: %w", err)
@@ -354,7 +363,7 @@ func copyMergedView(tmp string) error {
 	if err != nil {
 		return fmt.Errorf("merged view: %w", err)
 	}
-	out, cpErr := exec.Command("cp", "-a", mnt+"/.", filepath.Join(tmp, "merged")).CombinedOutput()
+	out, cpErr := exec.CommandContext(ctx, "cp", "-a", mnt+"/.", filepath.Join(tmp, "merged")).CombinedOutput()
 	if err := m.Unmount(); err != nil {
 		return fmt.Errorf("merged view: %w", err)
 	}

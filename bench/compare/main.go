@@ -43,6 +43,7 @@ type options struct {
 	workloads []string
 	reps      int
 	out       string
+	jsonOut   string
 	strata    string
 	fuseOvl   string
 	list      bool
@@ -68,6 +69,7 @@ func parseOptions(args []string) (options, error) {
 	workloads := fs.String("workloads", "", "comma-separated workloads to run (default all; see -list)")
 	fs.IntVar(&o.reps, "reps", 3, "repetitions of each workload on each target")
 	fs.StringVar(&o.out, "out", "", "also write the markdown report to this file")
+	fs.StringVar(&o.jsonOut, "json", "", "also write every sample and failure as JSON to this file")
 	fs.StringVar(&o.strata, "strata", "", "strata binary (default: go build ./cmd/strata into the scratch directory)")
 	fs.StringVar(&o.fuseOvl, "fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs binary")
 	fs.BoolVar(&o.list, "list", false, "list the workloads and exit")
@@ -122,7 +124,7 @@ func run(args []string) error {
 		return fmt.Errorf("scratch: %w", err)
 	}
 	data := newDataset(o.cache)
-	if err := data.build(logf); err != nil {
+	if err := data.build(ctx, logf); err != nil {
 		return err
 	}
 	bins := target.Binaries{FuseOverlayfs: o.fuseOvl, Strata: o.strata}
@@ -149,6 +151,12 @@ func run(args []string) error {
 			return errors.Join(runErr, unmountErr, fmt.Errorf("write report: %w", err))
 		}
 		logf("report written to %s", o.out)
+	}
+	if o.jsonOut != "" {
+		if err := r.res.writeJSON(o.jsonOut); err != nil {
+			return errors.Join(runErr, unmountErr, err)
+		}
+		logf("samples written to %s", o.jsonOut)
 	}
 	return errors.Join(runErr, unmountErr)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -43,6 +44,28 @@ func (r *results) fail(scenarioName, targetName string, err error) {
 
 func (r *results) failed(scenarioName, targetName string) bool {
 	return r.failures[scenarioName][targetName] != nil
+}
+
+// writeJSON writes every sample (in seconds or bytes) and every failure.
+func (r *results) writeJSON(path string) error {
+	failures := map[string]map[string]string{}
+	for sc, byTarget := range r.failures {
+		failures[sc] = map[string]string{}
+		for t, err := range byTarget {
+			failures[sc][t] = err.Error()
+		}
+	}
+	b, err := json.MarshalIndent(struct {
+		Samples  map[string]map[string][]float64 `json:"samples"`
+		Failures map[string]map[string]string    `json:"failures"`
+	}{r.samples, failures}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("samples as JSON: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("samples as JSON: %w", err)
+	}
+	return nil
 }
 
 func median(xs []float64) float64 {
