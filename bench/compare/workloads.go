@@ -349,13 +349,17 @@ func forceCopyUp(path string) error {
 	if err != nil {
 		return fmt.Errorf("copy-up: %w", err)
 	}
-	defer f.Close()
 	b := make([]byte, 1)
 	if _, err := f.ReadAt(b, 0); err != nil {
+		f.Close()
 		return fmt.Errorf("copy-up: %w", err)
 	}
 	if _, err := f.WriteAt(b, 0); err != nil {
+		f.Close()
 		return fmt.Errorf("copy-up: %w", err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("copy-up: %w", err)
+	}
+	return nil
 }
