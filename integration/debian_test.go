@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,7 +49,12 @@ func TestDebianWorkload(t *testing.T) {
 	}
 	for _, step := range steps {
 		oOut, oErr := runInChroot(p.oracle.mnt, step)
-		sOut, sErr := runInChroot(p.sut.mnt, step)
+		var sOut string
+		var sErr error
+		p.sut.guardedFor(5*time.Minute, fmt.Sprint(step), func() { sOut, sErr = runInChroot(p.sut.mnt, step) })
+		if p.sut.hung != "" {
+			t.Fatalf("%s hung during %s; FUSE connection aborted", sutName(), p.sut.hung)
+		}
 		if oErr != nil {
 			t.Fatalf("%q fails on kernel overlayfs itself (%v):\n%s", step, oErr, lastLines(oOut, 30))
 		}

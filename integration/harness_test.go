@@ -132,7 +132,12 @@ func newStackDirs(t *testing.T, dir string, lowers []string, readOnly bool) stac
 
 func (p *pair) walk(v *view) *tree {
 	p.t.Helper()
-	tr, err := walkTree(v.mnt)
+	var tr *tree
+	var err error
+	v.guarded("walking the tree", func() { tr, err = walkTree(v.mnt) })
+	if v.hung != "" {
+		p.t.Fatalf("%s hung while %s; FUSE connection aborted", v.target.name(), v.hung)
+	}
 	if err != nil {
 		p.t.Fatalf("walk %s (%s): %v", v.mnt, v.target.name(), err)
 	}
@@ -146,7 +151,11 @@ func (p *pair) applyOps(ops []op) []diff {
 	for i, o := range ops {
 		p.timed.beforeOp(o)
 		ro := applyOp(p.oracle.mnt, o)
-		rs := applyOp(p.sut.mnt, o)
+		var rs opResult
+		p.sut.guarded(o.String(), func() { rs = applyOp(p.sut.mnt, o) })
+		if p.sut.hung != "" {
+			p.t.Fatalf("%s hung in op %d %s; FUSE connection aborted\nops:\n%s", p.sut.target.name(), i, o, formatOps(ops[:i+1]))
+		}
 		p.timed.afterOp(o, ro)
 		if ro != rs {
 			diffs = append(diffs, diff{path: fmt.Sprintf("(op %d)", i), field: o.String(), oracle: ro.String(), sut: rs.String()})

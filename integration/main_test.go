@@ -75,6 +75,7 @@ func runTests(m *testing.M) int {
 	}
 	unix.Umask(0o022)
 	detachLeftoversOfDeadRuns()
+	mountFusectl()
 
 	var err error
 	testRoot, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", testRootPrefix, os.Getpid()))
@@ -101,6 +102,18 @@ func runTests(m *testing.M) int {
 	}
 	os.RemoveAll(testRoot)
 	return code
+}
+
+// mountFusectl makes /sys/fs/fuse/connections usable (in this private
+// mount namespace only), so the hang guard can abort a FUSE connection.
+func mountFusectl() {
+	const dir = "/sys/fs/fuse/connections"
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return
+	}
+	if err := unix.Mount("fusectl", dir, "fusectl", 0, ""); err != nil && err != unix.EBUSY {
+		fmt.Fprintf(os.Stderr, "note: cannot mount fusectl on %s (%v); a hung daemon is killed instead\n", dir, err)
+	}
 }
 
 // buildStrata builds ./cmd/strata into dir and returns the binary's path.

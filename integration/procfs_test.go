@@ -11,6 +11,7 @@ import (
 
 // mountInfo is one line of /proc/self/mountinfo, the fields we use.
 type mountInfo struct {
+	dev        string // "major:minor" of the mounted filesystem
 	mountPoint string
 	fsType     string
 	source     string
@@ -39,6 +40,7 @@ func readMountInfo() []mountInfo {
 			continue
 		}
 		out = append(out, mountInfo{
+			dev:        fields[2],
 			mountPoint: unescapeMountInfo(fields[4]),
 			fsType:     fields[sep+1],
 			source:     unescapeMountInfo(fields[sep+2]),

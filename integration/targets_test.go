@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -188,7 +190,9 @@ func runLogged(logFile, name string, args ...string) error {
 		return err
 	}
 	defer out.Close()
-	cmd := exec.Command(name, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Run(); err != nil {
 		tail, _ := os.ReadFile(out.Name())
@@ -214,6 +218,40 @@ type view struct {
 	log     string
 	daemons []int
 	mounted bool
+	// fuseConn is the FUSE connection number (the minor device number),
+	// "" for a kernel overlay mount.
+	fuseConn string
+	// hung names the operation that tripped the hang guard, if any.
+	hung string
+}
+
+// hangGuard bounds how long one operation on a mount may block before the
+// harness aborts the FUSE connection, so a deadlocked daemon fails one test
+// with a clear message instead of stalling the whole run. It is a guard
+// against hangs, not a timing assertion.
+const hangGuard = 60 * time.Second
+
+// guarded runs fn; if it has not returned after hangGuard, the view's FUSE
+// connection is aborted (pending and later requests fail with ENOTCONN)
+// and v.hung records what hung.
+func (v *view) guarded(what string, fn func()) { v.guardedFor(hangGuard, what, fn) }
+
+// guardedFor is guarded with a longer bound, for whole workloads.
+func (v *view) guardedFor(bound time.Duration, what string, fn func()) {
+	timer := time.AfterFunc(bound, func() { v.abort(what) })
+	defer timer.Stop()
+	fn()
+}
+
+// abort ends the FUSE connection from the kernel side and kills the daemon.
+func (v *view) abort(what string) {
+	v.hung = what
+	if v.fuseConn != "" {
+		os.WriteFile(filepath.Join("/sys/fs/fuse/connections", v.fuseConn, "abort"), []byte("1"), 0)
+	}
+	for _, pid := range v.daemons {
+		unix.Kill(pid, unix.SIGKILL)
+	}
 }
 
 // mountView mounts dirs with tg on a fresh mount point and registers its
@@ -241,9 +279,12 @@ func mountView(t testing.TB, tg target, dirs stackDirs) *view {
 
 func (v *view) mount() error {
 	err := v.target.mount(v.dirs, v.mnt, v.log)
-	if _, ok := mountAt(v.mnt); ok {
+	if mi, ok := mountAt(v.mnt); ok {
 		v.mounted = true
 		v.daemons = processesWithArg(v.mnt)
+		if strings.HasPrefix(mi.fsType, "fuse") {
+			_, v.fuseConn, _ = strings.Cut(mi.dev, ":")
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%s mount: %w", v.target.name(), err)
