@@ -88,7 +88,7 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 				// A name decided above: a lower directory of the same
 				// name merges into it only if the upper one is a
 				// directory that is still open to merging.
-				if prev.mode == unix.S_IFDIR && e.mode == unix.S_IFDIR && prev.dirLayers != nil {
+				if prev.mode == unix.S_IFDIR && e.mode == unix.S_IFDIR && !mergeClosed(prev.dirLayers) {
 					prev.dirLayers = append(prev.dirLayers, d.layer)
 				} else if prev.mode == unix.S_IFDIR {
 					prev.dirLayers = closeMerge(prev.dirLayers)
@@ -130,6 +130,8 @@ func closeMerge(l []int) []int {
 	}
 	return append(l, -1)
 }
+
+func mergeClosed(l []int) bool { return len(l) > 0 && l[len(l)-1] < 0 }
 
 func openMerge(l []int) []int {
 	if len(l) > 0 && l[len(l)-1] < 0 {

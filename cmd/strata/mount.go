@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -219,10 +220,21 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	go func() {
 		s := <-sigs
 		log.Printf("strata: %v: unmounting %s", s, mountpoint)
-		if err := srv.Unmount(); err != nil {
+		done := make(chan error, 1)
+		go func() { done <- srv.Unmount() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				return
+			}
 			log.Printf("strata: unmount: %v; detaching", err)
-			unix.Unmount(mountpoint, unix.MNT_DETACH)
+		case <-time.After(5 * time.Second):
+			log.Printf("strata: unmount is stuck; detaching")
 		}
+		// Busy or stuck: detach the mount so the mountpoint is free, and
+		// leave; the kernel fails what is still in flight.
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		os.Exit(1)
 	}()
 	if ready != nil {
 		fmt.Fprintln(ready, "ok")
