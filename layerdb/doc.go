@@ -114,6 +114,18 @@
 // mismatch fails the import. A failed import removes its tmp directory, so
 // it leaves nothing behind.
 //
+// The parsers are fuzzed: FuzzExtractEntries (tars built from entry
+// scripts aimed at a file next to the layer) and FuzzExtractTar (raw
+// blobs) check that nothing outside the layer changes; FuzzOCILayout,
+// FuzzDockerManifest and FuzzSniffArchive read archives through the import
+// code. "go test" runs their seed corpora in testdata/fuzz; to fuzz, run
+// one at a time, e.g.
+//
+//	go test -run '^$' -fuzz '^FuzzExtractEntries$' -fuzztime 5m -fuzzminimizetime 1x ./layerdb
+//
+// (without -fuzzminimizetime, minimizing each new input takes up to a
+// minute, during which nothing else runs).
+//
 // # Consistent commit
 //
 // Commit reads the container's upper directory directly (no mount needed)
