@@ -474,7 +474,26 @@ func doSeekMap(root int, o op) (string, error) {
 		return "", err
 	}
 	exts, err := dataExtents(fd, st.Size)
-	return fmt.Sprintf("size=%d data=%v", st.Size, exts), err
+	return fmt.Sprintf("size=%d data-per-MiB=%s", st.Size, chunkMap(exts, st.Size)), err
+}
+
+// chunkMap shows per MiB of the file whether it holds data ("D") or is all
+// hole ("-"). Kernel overlayfs copies up in 1 MiB chunks, so a finer map
+// would tell implementations apart that both keep the holes.
+func chunkMap(exts []extent, size int64) string {
+	const mib = 1 << 20
+	var b strings.Builder
+	for start := int64(0); start < size; start += mib {
+		c := "-"
+		for _, x := range exts {
+			if x.start < start+mib && x.end > start {
+				c = "D"
+				break
+			}
+		}
+		b.WriteString(c)
+	}
+	return b.String()
 }
 
 func doFallocate(root int, o op) (string, error) {

@@ -23,7 +23,8 @@ type node struct {
 	gid     uint32
 	size    int64
 	sha     string
-	extents string
+	extents string   // for display, or the lseek error
+	dataExt []extent // SEEK_DATA/SEEK_HOLE data ranges
 	target  string
 	nlink   uint64
 	rdev    string
@@ -78,7 +79,7 @@ func (t *tree) record(p string, dirfd int, name string, st *unix.Stat_t) *node {
 	case unix.S_IFDIR:
 	case unix.S_IFREG:
 		n.size, n.nlink = st.Size, st.Nlink
-		n.sha, n.extents = t.hashFile(p, dirfd, name)
+		n.sha, n.extents, n.dataExt = t.hashFile(p, dirfd, name)
 	case unix.S_IFLNK:
 		n.size, n.nlink = st.Size, st.Nlink
 		buf := make([]byte, 8192)
@@ -104,11 +105,11 @@ func (t *tree) problem(p, msg string) {
 
 func displayPath(p string) string { return "/" + p }
 
-func (t *tree) hashFile(p string, dirfd int, name string) (sum, extents string) {
+func (t *tree) hashFile(p string, dirfd int, name string) (sum, extents string, exts []extent) {
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		t.problem(p, "open: "+errString(err))
-		return "unreadable", ""
+		return "unreadable", "", nil
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
@@ -116,15 +117,15 @@ func (t *tree) hashFile(p string, dirfd int, name string) (sum, extents string) 
 	size, err := io.Copy(h, f)
 	if err != nil {
 		t.problem(p, "read: "+errString(err))
-		return "unreadable", ""
+		return "unreadable", "", nil
 	}
-	exts, err := dataExtents(fd, size)
+	exts, err = dataExtents(fd, size)
 	if err != nil {
 		extents = "seek: " + errString(err)
 	} else {
 		extents = fmt.Sprint(exts)
 	}
-	return fmt.Sprintf("%x", h.Sum(nil)), extents
+	return fmt.Sprintf("%x", h.Sum(nil)), extents, exts
 }
 
 // xattrs lists name=value pairs, sorted. A private overlay xattr is a
@@ -295,7 +296,11 @@ func compareNode(add func(field, o, s string), o, s *node, withMtime, withIdenti
 	add("uid:gid", fmt.Sprintf("%d:%d", o.uid, o.gid), fmt.Sprintf("%d:%d", s.uid, s.gid))
 	add("size", fmt.Sprint(o.size), fmt.Sprint(s.size))
 	add("sha256", o.sha, s.sha)
-	add("data extents (SEEK_DATA/SEEK_HOLE)", o.extents, s.extents)
+	// Holes kept: the SUT may keep more holes than the kernel (which
+	// copies up in 1 MiB chunks) but must have no data where it has a hole.
+	if !extentsWithin(s.dataExt, o.dataExt) || strings.HasPrefix(s.extents, "seek:") {
+		add("data outside the kernel's extents (SEEK_DATA/SEEK_HOLE)", o.extents, s.extents)
+	}
 	add("symlink target", o.target, s.target)
 	add("rdev", o.rdev, s.rdev)
 	add("xattrs", o.xattrs, s.xattrs)
@@ -431,4 +436,23 @@ func abbreviatePair(a, b string) (string, string) {
 		return out
 	}
 	return cut(a), cut(b)
+}
+
+// extentsWithin reports whether every range of inner lies inside the union
+// of outer's ranges (both sorted, non-overlapping).
+func extentsWithin(inner, outer []extent) bool {
+	j := 0
+	for _, x := range inner {
+		start := x.start
+		for start < x.end {
+			for j < len(outer) && outer[j].end <= start {
+				j++
+			}
+			if j == len(outer) || outer[j].start > start {
+				return false
+			}
+			start = outer[j].end
+		}
+	}
+	return true
 }
