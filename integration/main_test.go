@@ -157,7 +157,8 @@ func checkNothingLeftBehind(root string) error {
 }
 
 // detachLeftoversOfDeadRuns lazily unmounts what an earlier run, killed
-// before its cleanups ran (go test -timeout does that), left mounted. Only
+// before its cleanups ran (go test -timeout does that), left mounted, kills
+// its daemons and removes its directory. Only
 // directories whose owning test process is gone are touched, so a
 // concurrent run of this package is left alone.
 func detachLeftoversOfDeadRuns() {
@@ -179,6 +180,9 @@ func detachLeftoversOfDeadRuns() {
 		}
 		for _, p := range processesMentioning(dir) {
 			unix.Kill(p, unix.SIGKILL)
+		}
+		if len(mountsUnder(dir)) == 0 {
+			os.RemoveAll(dir)
 		}
 	}
 }
