@@ -118,6 +118,7 @@ func (n *node) publish(workfd int, tmp string) error {
 		return fmt.Errorf("open upper parent: %w", err)
 	}
 	defer unix.Close(dirfd)
+	defer keepTimes(dirfd)()
 	if err := unix.Renameat2(workfd, tmp, dirfd, name, unix.RENAME_NOREPLACE); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("publish copy-up of %q: %w", name, err)
@@ -136,6 +137,19 @@ func (n *node) publish(workfd int, tmp string) error {
 	// a crash loses leaves the old view, which is allowed. overlayfs makes
 	// the same trade.
 	return nil
+}
+
+// keepTimes records the times of the directory dirfd and returns a function
+// that puts them back. A copy-up adds an entry to the upper parent, which
+// the user did not change: overlayfs restores the parent's times too.
+func keepTimes(dirfd int) func() {
+	var st unix.Stat_t
+	if unix.Fstat(dirfd, &st) != nil {
+		return func() {}
+	}
+	return func() {
+		unix.UtimesNanoAt(unix.AT_FDCWD, procFdPath(dirfd), []unix.Timespec{st.Atim, st.Mtim}, 0)
+	}
 }
 
 // copyFileData creates workfd/tmp with the lower file's data (or, when
@@ -311,11 +325,7 @@ func copyXattrs(l *layer, rel string, workfd int, tmp string) error {
 	return nil
 }
 
-func isPrivateXattr(name string) bool {
-	return whiteout.IsPrivateXattr(name) || hasPrefix(name, "trusted.strata.") || hasPrefix(name, "user.strata.")
-}
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+func isPrivateXattr(name string) bool { return whiteout.IsPrivateXattr(name) }
 
 func listXattrNames(dirfd int, name string) ([]string, error) {
 	sz, err := listxattrAt(dirfd, name, nil)

@@ -10,8 +10,8 @@
 // an overlay whiteout xattr (in a directory marked opaque="x"), OCI ".wh.NAME"
 // files, overlay's opaque xattr (trusted.overlay.* or user.overlay.*) and the
 // OCI ".wh..wh..opq" marker. None is ever shown, and the private xattrs
-// (trusted.overlay.*, user.overlay.*, trusted.strata.*, user.strata.*) are
-// neither listed nor settable.
+// (trusted.overlay.* and user.overlay.*, strata's own included) are neither
+// listed nor settable.
 //
 // # What is stored where
 //
@@ -26,11 +26,13 @@
 //   - metadata-only copy-ups (chmod, chown, utimes, xattrs on a lower file)
 //     as a sparse file of the right size with trusted.overlay.metacopy and
 //     trusted.overlay.redirect naming the lower data;
-//   - trusted.strata.ino on every copied-up object: the inode number it had
-//     below, so st_ino never changes across copy-up and remount.
+//   - trusted.overlay.strata.ino on every copied-up object: the inode
+//     number it had below, so st_ino never changes across copy-up and
+//     remount. It sits in overlay's namespace, where kernel overlayfs
+//     ignores and hides names it does not know.
 //
-// Without root, the same is written with user.overlay.* / user.strata.*
-// xattrs and OCI ".wh." whiteout files.
+// Without root, the same is written with user.overlay.* xattrs and OCI
+// ".wh." whiteout files.
 //
 // The work directory holds "strata/" (temporaries; emptied at every mount,
 // so a crash never leaves half a copy in the view) and "strata-index/"
@@ -43,7 +45,7 @@
 // from, with the index of that layer's filesystem folded into the top bits
 // when the layers span several filesystems (stack order, upper first, so the
 // same stack numbers the same way on every mount). A copy-up keeps the
-// number (trusted.strata.ino), hard links in a lower layer stay one inode
+// number (trusted.overlay.strata.ino), hard links in a lower layer stay one inode
 // (the index), and readdir's d_ino equals st_ino. st_dev is the mount's.
 //
 // # Reaching backing files

@@ -101,6 +101,7 @@ func (n *node) publishIndexed(workfd int, tmp string, lowerNlink uint32) error {
 		return err
 	}
 	defer unix.Close(dirfd)
+	defer keepTimes(dirfd)()
 	if err := unix.Linkat(idx, name, dirfd, entry, 0); err != nil {
 		return fmt.Errorf("link %q to its index entry: %w", entry, err)
 	}

@@ -368,9 +368,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	}
 	n.u.treeMu.RLock()
 	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	ci, err := n.lookupLocked(name)
-	n.mu.Unlock()
+	ci, err := n.lookupName(name)
 	if err != nil {
 		return err
 	}

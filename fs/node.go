@@ -221,15 +221,20 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	n.u.treeMu.RLock()
 	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	ci, err := n.lookupLocked(name)
-	n.mu.Unlock()
+	ci, err := n.lookupName(name)
 	if err != nil {
 		return nil, toErrno(err)
 	}
 	child := n.newChild(ctx, name, ci)
 	child.fillEntry(&ci.st, out)
 	return &child.Inode, 0
+}
+
+// lookupName is lookupLocked under n.mu.
+func (n *node) lookupName(name string) (*childInfo, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.lookupLocked(name)
 }
 
 // lookupLocked resolves name. Caller holds u.treeMu shared and n.mu.

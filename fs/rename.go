@@ -151,9 +151,7 @@ type found struct {
 
 // lookupChild finds name and its node. Caller holds u.treeMu.
 func (n *node) lookupChild(name string) (*found, error) {
-	n.mu.Lock()
-	ci, err := n.lookupLocked(name)
-	n.mu.Unlock()
+	ci, err := n.lookupName(name)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,11 @@ type union struct {
 	gens    map[uint64]uint64 // next generation of superseded inode numbers
 
 	wfmt        whiteout.Format
-	xattrPrefix string // our bookkeeping namespace: trusted.strata. or user.strata.
+	// xattrPrefix is strata's own bookkeeping namespace, inside overlay's
+	// private one so kernel overlayfs (which ignores names it does not
+	// know there) never shows it: trusted.overlay.strata. or
+	// user.overlay.strata.
+	xattrPrefix string
 	overlayNS   string // overlay's namespace we write: trusted.overlay. or user.overlay.
 
 	tmpSeq uint64 // guarded by tmpMu; names of work-dir temporaries
@@ -118,11 +122,11 @@ func newUnion(cfg Config) (*union, error) {
 	}
 	if os.Geteuid() == 0 {
 		u.wfmt = whiteout.FormatOverlay
-		u.xattrPrefix = "trusted.strata."
+		u.xattrPrefix = whiteout.XattrTrustedPrefix + "strata."
 		u.overlayNS = whiteout.XattrTrustedPrefix
 	} else {
 		u.wfmt = whiteout.FormatOCI
-		u.xattrPrefix = "user.strata."
+		u.xattrPrefix = whiteout.XattrUserPrefix + "strata."
 		u.overlayNS = whiteout.XattrUserPrefix
 	}
 	if u.work != nil {

@@ -88,6 +88,10 @@ func (c *converter) copyDir(src, dst, rel string) error {
 			return err
 		}
 	}
+	// Owner and mode before xattrs: chown drops security.capability.
+	if err := copyOwnerMode(dst, &st); err != nil {
+		return err
+	}
 	if err := copyConvertedXattrs(src, dst, &opaque); err != nil {
 		return err
 	}
@@ -96,7 +100,7 @@ func (c *converter) copyDir(src, dst, rel string) error {
 			return err
 		}
 	}
-	return copyOwnerModeTimes(dst, &st)
+	return copyTimes(dst, &st)
 }
 
 func (c *converter) copyEntry(src, dst, rel string) error {
@@ -141,10 +145,13 @@ func (c *converter) copyEntry(src, dst, rel string) error {
 			return err
 		}
 	}
+	if err := copyOwnerMode(dst, &st); err != nil {
+		return err
+	}
 	if err := copyConvertedXattrs(src, dst, nil); err != nil {
 		return err
 	}
-	return copyOwnerModeTimes(dst, &st)
+	return copyTimes(dst, &st)
 }
 
 // copyConvertedXattrs copies src's xattrs to dst, converting or dropping
@@ -176,7 +183,8 @@ func copyConvertedXattrs(src, dst string, opaque *bool) error {
 	return nil
 }
 
-func copyOwnerModeTimes(dst string, st *unix.Stat_t) error {
+// copyOwnerMode sets owner, then mode (chown clears set-id bits).
+func copyOwnerMode(dst string, st *unix.Stat_t) error {
 	if err := unix.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
 		return err
 	}
@@ -185,6 +193,11 @@ func copyOwnerModeTimes(dst string, st *unix.Stat_t) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// copyTimes sets atime and mtime last, after everything that changes them.
+func copyTimes(dst string, st *unix.Stat_t) error {
 	ts := []unix.Timespec{st.Atim, st.Mtim}
 	return unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
