@@ -47,7 +47,7 @@ type union struct {
 	nodes   map[uint64]*node
 	gens    map[uint64]uint64 // next generation of superseded inode numbers
 
-	wfmt        whiteout.Format
+	wfmt whiteout.Format
 	// xattrPrefix is strata's own bookkeeping namespace, inside overlay's
 	// private one so kernel overlayfs (which ignores names it does not
 	// know there) never shows it: trusted.overlay.strata. or
