@@ -700,12 +700,15 @@ func doReadBeforeCopyUp(root int, o op) (string, error) {
 	if err := writeAndClose(wr, []byte(o.Data), 0); err != nil {
 		return "write", err
 	}
-	old, err := readAllFd(ro)
-	if err != nil {
+	// What the old descriptor reads is not compared: kernel overlayfs
+	// (since 4.19) moves open files to the copy, strata keeps them on the
+	// lower file as issue 2 asks. cmd/strata's
+	// TestOldOpenKeepsLowerContent checks strata's side.
+	if _, err := readAllFd(ro); err != nil {
 		return "read old fd", err
 	}
 	fresh, err := readFileAt(root, o.Path)
-	return fmt.Sprintf("old-fd=%s new-open=%s", describeContent(old), describeContent(fresh)), err
+	return fmt.Sprintf("new-open=%s", describeContent(fresh)), err
 }
 
 // doConcurrentWrite has two goroutines open Path for writing at the same

@@ -276,3 +276,38 @@ func TestMountRefusals(t *testing.T) {
 		t.Errorf("the upper dir was touched: %v", ents)
 	}
 }
+
+// A file opened read-only before it is copied up keeps reading the lower
+// content (issue 2's rule; kernel overlayfs since 4.19 moves the open file
+// to the copy instead), new opens see the copy, and the lower file never
+// changes, also with passthrough.
+func TestOldOpenKeepsLowerContent(t *testing.T) {
+	s := newStack(t)
+	unmountAtEnd(t, s.mnt)
+	if out, err := strata(s.args()...); err != nil {
+		t.Fatalf("mount: %v: %s", err, out)
+	}
+	defer strata("umount", s.mnt)
+	old, err := os.Open(s.mnt + "/a")
+	must(t, err)
+	defer old.Close()
+	first := make([]byte, 64)
+	n, _ := old.ReadAt(first, 0)
+	if string(first[:n]) != "lower a\n" {
+		t.Fatalf("before copy-up: %q", first[:n])
+	}
+	must(t, os.WriteFile(s.mnt+"/a", []byte("NEW\n"), 0o644))
+	n, _ = old.ReadAt(first, 0)
+	if got := string(first[:n]); got != "lower a\n" {
+		t.Errorf("old descriptor reads %q, want the lower content", got)
+	}
+	if b, _ := os.ReadFile(s.mnt + "/a"); string(b) != "NEW\n" {
+		t.Errorf("a new open reads %q", b)
+	}
+	if b, _ := os.ReadFile(s.l2 + "/a"); string(b) != "lower a\n" {
+		t.Errorf("the lower file changed: %q", b)
+	}
+	if b, _ := os.ReadFile(s.upper + "/a"); string(b) != "NEW\n" {
+		t.Errorf("the upper copy holds %q", b)
+	}
+}
