@@ -3,6 +3,9 @@ package fs
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -20,6 +23,7 @@ import (
 type openState struct {
 	ptCount int  // live passthrough handles
 	ptUpper bool // their backing file is the upper one
+	cached  int  // live handles served through FUSE (see writesPrivileged)
 	// live are the open handles of the upper object: once every name of
 	// the node is gone, fchmod, fchown and friends still reach the file
 	// through them (the kernel sends those without a handle).
@@ -162,10 +166,16 @@ func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
 		n.opens.live[f] = struct{}{}
 		return f, 0, 0
 	}
-	if n.opens.ptCount > 0 && n.opens.ptUpper != f.upper {
+	wantPt := !f.writesPrivileged() && n.opens.cached == 0
+	if n.opens.ptCount > 0 && (!wantPt || n.opens.ptUpper != f.upper) {
 		unix.Close(f.fd)
 		n.u.supersede(n)
 		return nil, 0, syscall.ESTALE
+	}
+	n.opens.live[f] = struct{}{}
+	if !wantPt {
+		n.opens.cached++
+		return f, 0, 0
 	}
 	n.opens.ptCount++
 	n.opens.ptUpper = f.upper
@@ -174,10 +184,73 @@ func (n *node) handOut(f *file) (gofs.FileHandle, uint32, syscall.Errno) {
 	return passthroughFile{f}, 0, 0
 }
 
+// writesPrivileged reports whether f is open for writing on a file with a
+// set-id bit or a file capability. A passthrough write runs with the
+// daemon's credentials, under which the backing filesystem keeps a setgid
+// bit that the writer's own write must clear; served through FUSE, the
+// kernel clears set-id bits and capabilities as the writer, as on any
+// filesystem. Such files are rare, so the cost is small.
+func (f *file) writesPrivileged() bool {
+	if !f.upper {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(f.fd, &st) != nil {
+		return true
+	}
+	if st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+		return true
+	}
+	_, err := unix.Fgetxattr(f.fd, "security.capability", nil)
+	return err == nil
+}
+
+// dropSetgidForWriter clears a setgid bit without group execute when the
+// writer is neither in the file's group nor privileged, as the kernel does
+// on a local filesystem. FUSE itself only clears setuid and setgid with
+// group execute (without HANDLE_KILLPRIV_V2, which go-fuse does not offer),
+// so this one case is ours.
+func (f *file) dropSetgidForWriter(ctx context.Context) {
+	var st unix.Stat_t
+	if unix.Fstat(f.fd, &st) != nil || st.Mode&unix.S_ISGID == 0 || st.Mode&unix.S_IXGRP != 0 {
+		return
+	}
+	c, ok := ctx.(*fuse.Context)
+	if !ok || c.Caller.Uid == 0 || callerInGroup(c, st.Gid) {
+		return
+	}
+	unix.Fchmod(f.fd, st.Mode&0o7777&^unix.S_ISGID)
+}
+
+// callerInGroup reports whether the calling process has gid as its group
+// or one of its supplementary groups (read from /proc, as FUSE does not
+// send them).
+func callerInGroup(c *fuse.Context, gid uint32) bool {
+	if c.Caller.Gid == gid {
+		return true
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(c.Caller.Pid)) + "/status")
+	if err != nil {
+		return true // cannot tell: leave the bit, as before
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+			for _, g := range strings.Fields(rest) {
+				if g == strconv.Itoa(int(gid)) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
 	if f.pt {
 		f.n.opens.ptCount--
+	} else if f.n.u.passthrough {
+		f.n.opens.cached--
 	}
 	delete(f.n.opens.live, f)
 	f.n.mu.Unlock()
@@ -193,6 +266,9 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.upper {
+		f.dropSetgidForWriter(ctx)
+	}
 	n, err := unix.Pwrite(f.fd, data, off)
 	if err != nil {
 		return 0, toErrno(err)
