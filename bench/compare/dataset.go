@@ -36,6 +36,8 @@ const (
 	deepBottomFiles  = 100_000
 	smallTarFiles    = 10_000
 	smallTarFileSize = 4 << 10
+	wideDirs         = 1000
+	wideFilesPerDir  = 999 // with the directories: 1,000,000 entries
 )
 
 // Paths of the two 1 GiB files, relative to the image root.
@@ -48,6 +50,7 @@ const (
 type dataset struct {
 	imageDir   string
 	deepDir    string
+	wideDir    string
 	tarDir     string
 	smallTar   string
 	includeTar string
@@ -57,6 +60,7 @@ func newDataset(cache string) dataset {
 	d := dataset{
 		imageDir: filepath.Join(cache, "image"),
 		deepDir:  filepath.Join(cache, "deep"),
+		wideDir:  filepath.Join(cache, "wide"),
 		tarDir:   filepath.Join(cache, "tars"),
 	}
 	d.smallTar = filepath.Join(d.tarDir, "small.tar")
@@ -89,23 +93,34 @@ func (d dataset) deepBottom() string {
 	return fixture.DeepLayerDir(filepath.Join(d.deepDir, "layers"), 0)
 }
 
-// build makes every missing part of the data set. Cancelling ctx stops the
-// image build between files (and its one mount is taken down); the other
-// parts take seconds.
-func (d dataset) build(ctx context.Context, logf func(string, ...any)) error {
+// wideLayers is the stack of the 1,000,000-entry tree, topmost first.
+func (d dataset) wideLayers() []string {
+	return []string{filepath.Join(d.wideDir, "layers", "1"), d.wideBottom()}
+}
+
+// wideBottom holds the 1,000,000 entries; the plain baseline walks it.
+func (d dataset) wideBottom() string { return filepath.Join(d.wideDir, "layers", "0") }
+
+// build makes the missing parts of the data set that the stacks in need
+// use. Cancelling ctx stops the image and wide-tree builds between files
+// (and the image build's one mount is taken down); the other parts take
+// seconds.
+func (d dataset) build(ctx context.Context, logf func(string, ...any), need map[stack]bool) error {
 	parts := []struct {
 		name  string
 		dir   string
+		used  bool
 		build func(string) error
 	}{
-		{"5-layer image", d.imageDir, func(tmp string) error { return buildImage(ctx, tmp) }},
-		{"deep stacks", d.deepDir, func(tmp string) error {
+		{"5-layer image", d.imageDir, need[imageStack], func(tmp string) error { return buildImage(ctx, tmp) }},
+		{"deep stacks", d.deepDir, need[deep128] || need[deep1000], func(tmp string) error {
 			return fixture.WriteDeepLayers(filepath.Join(tmp, "layers"), deepLayers, deepBottomFiles)
 		}},
-		{"tar archives", d.tarDir, buildTars},
+		{"tar archives", d.tarDir, need[imageStack], buildTars},
+		{"1,000,000-entry tree", d.wideDir, need[wideStack], func(tmp string) error { return buildWideTree(ctx, tmp) }},
 	}
 	for _, p := range parts {
-		if fixture.IsComplete(p.dir, datasetVersion) {
+		if !p.used || fixture.IsComplete(p.dir, datasetVersion) {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -424,4 +439,29 @@ func writeSmallFilesTar(path string) error {
 		return fmt.Errorf("small tar: %w", err)
 	}
 	return f.Close()
+}
+
+// buildWideTree writes a 2-layer stack whose bottom layer holds 1,000
+// directories of 999 empty files each, and whose top layer holds one file.
+func buildWideTree(ctx context.Context, tmp string) error {
+	bottom := fixture.Layer{Root: filepath.Join(tmp, "layers", "0")}
+	top := fixture.Layer{Root: filepath.Join(tmp, "layers", "1")}
+	if err := top.WriteFile("top-layer-file", []byte("top\n"), 0o644); err != nil {
+		return err
+	}
+	for d := range wideDirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		dir := fmt.Sprintf("w%03d", d)
+		if err := bottom.MkdirAll(dir); err != nil {
+			return err
+		}
+		for f := range wideFilesPerDir {
+			if err := bottom.WriteFile(fmt.Sprintf("%s/f%03d", dir, f), nil, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

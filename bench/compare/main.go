@@ -124,7 +124,11 @@ func run(args []string) error {
 		return fmt.Errorf("scratch: %w", err)
 	}
 	data := newDataset(o.cache)
-	if err := data.build(ctx, logf); err != nil {
+	need := map[stack]bool{}
+	for _, sc := range o.selected() {
+		need[sc.stack] = true
+	}
+	if err := data.build(ctx, logf, need); err != nil {
 		return err
 	}
 	bins := target.Binaries{FuseOverlayfs: o.fuseOvl, Strata: o.strata}

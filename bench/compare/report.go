@@ -220,6 +220,6 @@ func (d dataset) describe() string {
 		}
 		return strings.TrimSpace(string(b))
 	}
-	return fmt.Sprintf("%d-layer image of %s entries (opaque dir %s, %s whiteouts, %s overwrites) with two 1 GiB files; %d- and %d-layer stacks over a bottom layer of %d files",
+	return fmt.Sprintf("%d-layer image of %s entries (opaque dir %s, %s whiteouts, %s overwrites) with two 1 GiB files; %d- and %d-layer stacks over a bottom layer of %d files; a 2-layer tree of 1,000,000 entries (walk1m)",
 		imageLayerCount, read("entries"), read("opaque-dir"), read("whiteouts"), read("overwrites"), 128, deepLayers, deepBottomFiles)
 }

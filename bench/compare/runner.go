@@ -21,14 +21,22 @@ type runner struct {
 	res  *results
 }
 
+// selected lists the scenarios the options pick, in table order.
+func (o options) selected() []scenario {
+	var picked []scenario
+	for _, sc := range scenarios {
+		if len(o.workloads) == 0 || contains(o.workloads, sc.name) {
+			picked = append(picked, sc)
+		}
+	}
+	return picked
+}
+
 // runAll runs every selected scenario, repetitions outside and targets
 // inside, so the targets take turns. A target that fails a scenario is
 // skipped for the rest of that scenario; the others go on.
 func (r *runner) runAll() error {
-	for _, sc := range scenarios {
-		if len(r.opts.workloads) > 0 && !contains(r.opts.workloads, sc.name) {
-			continue
-		}
+	for _, sc := range r.opts.selected() {
 		r.res.addScenario(sc)
 		for rep := 1; rep <= r.opts.reps; rep++ {
 			for _, t := range r.opts.targets {
@@ -89,6 +97,8 @@ func (r *runner) lowers(s stack) []string {
 		return r.data.deepStack(128)
 	case deep1000:
 		return r.data.deepStack(1000)
+	case wideStack:
+		return r.data.wideLayers()
 	default:
 		return r.data.imageLayers()
 	}
@@ -114,10 +124,14 @@ func (r *runner) mount(sc scenario, kind target.Kind, dir string) (*target.Mount
 // for writing ones.
 func (r *runner) plainDir(sc scenario, dir string) (string, error) {
 	if !sc.writes {
-		if sc.stack == imageStack {
+		switch sc.stack {
+		case imageStack:
 			return r.data.imageMerged(), nil
+		case wideStack:
+			return r.data.wideBottom(), nil
+		default:
+			return r.data.deepBottom(), nil
 		}
-		return r.data.deepBottom(), nil
 	}
 	plain := filepath.Join(dir, "plain")
 	for _, rel := range sc.plainFiles {

@@ -37,6 +37,7 @@ const (
 	imageStack stack = iota
 	deep128
 	deep1000
+	wideStack // 1,000,000 entries
 )
 
 // scenario is one workload: what it mounts, what the plain-directory
@@ -163,6 +164,24 @@ var scenarios = []scenario{
 	},
 	deepStatScenario("stat128", deep128, 128),
 	deepStatScenario("stat1000", deep1000, 1000),
+	{
+		name: "walk1m", stack: wideStack,
+		about: "find over a 1,000,000-entry tree (cold); the daemon's peak RSS, and its RSS once the kernel forgot the inodes",
+		metrics: []metric{{"find 1M entries, cold", seconds}, {"daemon peak RSS walking 1M entries", bytesUsed},
+			{"daemon RSS after drop_caches (inodes forgotten)", bytesUsed}},
+		run: func(v *view) error {
+			if err := v.cold(); err != nil {
+				return err
+			}
+			if err := v.timed("find 1M entries, cold", func() error { return v.tool(nil, "find", v.dir) }); err != nil {
+				return err
+			}
+			if v.mount == nil || v.mount.Kind == target.Overlayfs {
+				return nil // no daemon
+			}
+			return recordForgetMemory(v)
+		},
+	},
 	{
 		name: "cat", about: "cat of a 1 GiB lower file, cold then warm",
 		metrics: []metric{{"cat 1 GiB, cold", seconds}, {"cat 1 GiB, warm", seconds}},
@@ -295,6 +314,34 @@ func deepStatScenario(name string, s stack, depth int) scenario {
 			return nil
 		},
 	}
+}
+
+// forgetSettle is how long a daemon gets to process the kernel's FORGETs
+// and give the memory back before its RSS is read.
+const forgetSettle = 3 * time.Second
+
+// recordForgetMemory records the daemon's peak RSS, then makes the kernel
+// forget every inode (drop_caches) and records the RSS left.
+func recordForgetMemory(v *view) error {
+	peak, err := v.mount.PeakRSS()
+	if err != nil {
+		return err
+	}
+	v.record("daemon peak RSS walking 1M entries", float64(peak))
+	if err := target.DropCaches(); err != nil {
+		return err
+	}
+	select {
+	case <-time.After(forgetSettle):
+	case <-v.ctx.Done():
+		return v.ctx.Err()
+	}
+	rss, err := v.mount.RSS()
+	if err != nil {
+		return err
+	}
+	v.record("daemon RSS after drop_caches (inodes forgotten)", float64(rss))
+	return nil
 }
 
 // bottomNameSpread picks statCount names spread over the whole bottom

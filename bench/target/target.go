@@ -114,30 +114,36 @@ func (m *Mount) Unmount() error {
 }
 
 // PeakRSS is the daemon's peak resident set size (VmHWM) in bytes.
-func (m *Mount) PeakRSS() (int64, error) {
+func (m *Mount) PeakRSS() (int64, error) { return m.daemonMemory("VmHWM") }
+
+// RSS is the daemon's resident set size now (VmRSS) in bytes.
+func (m *Mount) RSS() (int64, error) { return m.daemonMemory("VmRSS") }
+
+func (m *Mount) daemonMemory(field string) (int64, error) {
 	if m.DaemonPID == 0 {
 		return 0, fmt.Errorf("%s at %s: no daemon process known", m.Kind, m.Dir)
 	}
-	return peakRSS(m.DaemonPID)
+	return statusBytes(m.DaemonPID, field)
 }
 
-func peakRSS(pid int) (int64, error) {
+// statusBytes reads a "Field: N kB" line of /proc/PID/status.
+func statusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, fmt.Errorf("peak rss: %w", err)
+		return 0, fmt.Errorf("%s: %w", field, err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "VmHWM:")
+		rest, ok := strings.CutPrefix(line, field+":")
 		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("peak rss: parse %q: %w", line, err)
+			return 0, fmt.Errorf("%s: parse %q: %w", field, line, err)
 		}
 		return kb << 10, nil
 	}
-	return 0, fmt.Errorf("peak rss: no VmHWM line for pid %d", pid)
+	return 0, fmt.Errorf("no %s line for pid %d", field, pid)
 }
 
 // Registry remembers live mounts so they can all be taken down at once.
