@@ -44,6 +44,7 @@ type options struct {
 	reps      int
 	out       string
 	jsonOut   string
+	profile   string
 	strata    string
 	fuseOvl   string
 	list      bool
@@ -72,6 +73,7 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.jsonOut, "json", "", "also write every sample and failure as JSON to this file")
 	fs.StringVar(&o.strata, "strata", "", "strata binary (default: go build ./cmd/strata into the scratch directory)")
 	fs.StringVar(&o.fuseOvl, "fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs binary")
+	fs.StringVar(&o.profile, "profile", "", "record each FUSE daemon with perf into this directory (NAME.perf.data and a flat NAME.txt); adds overhead")
 	fs.BoolVar(&o.list, "list", false, "list the workloads and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -122,6 +124,11 @@ func run(args []string) error {
 	}
 	if err := os.MkdirAll(o.scratch, 0o755); err != nil {
 		return fmt.Errorf("scratch: %w", err)
+	}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return fmt.Errorf("profile dir: %w", err)
+		}
 	}
 	data := newDataset(o.cache)
 	need := map[stack]bool{}

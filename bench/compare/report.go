@@ -106,6 +106,9 @@ func (r *runner) report(took time.Duration) string {
 	fmt.Fprintf(&b, "- machine: %d CPUs, kernel %s, %s\n", runtime.NumCPU(), kernelRelease(), fsDescription(r.opts.cache))
 	fmt.Fprintf(&b, "- data set: %s\n", r.data.describe())
 	fmt.Fprintf(&b, "- median of %d repetitions per cell, targets interleaved; cold = fresh mount + dropped caches, warm = the same step again\n", r.opts.reps)
+	if r.opts.profile != "" {
+		fmt.Fprintf(&b, "- FUSE daemons were profiled with perf (profiles in %s): their times carry its overhead\n", r.opts.profile)
+	}
 	fmt.Fprintf(&b, "- command: `go run ./bench/compare %s`\n\n", strings.Join(os.Args[1:], " "))
 
 	targets := r.opts.targets

@@ -87,6 +87,13 @@ func (r *runner) runOnce(sc scenario, t string, rep int) (err error) {
 	}
 	defer func() { err = errors.Join(err, m.Unmount()) }()
 	v.dir, v.mount = m.Dir, m
+	if r.opts.profile != "" && m.DaemonPID != 0 {
+		p, err := startProfile(m.DaemonPID, filepath.Join(r.opts.profile, fmt.Sprintf("%s-%s-%d", sc.name, t, rep)))
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, p.stop()) }()
+	}
 	return sc.run(v)
 }
 
