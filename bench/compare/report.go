@@ -182,7 +182,19 @@ func (r *runner) ratio(m metric, num, den string) string {
 	if len(a) == 0 || len(b) == 0 || median(b) == 0 {
 		return "–"
 	}
-	return fmt.Sprintf("%.2fx", median(a)/median(b))
+	return formatRatio(median(a) / median(b))
+}
+
+// formatRatio shows two significant digits where a ratio is far from 1.
+func formatRatio(q float64) string {
+	switch {
+	case q < 0.1:
+		return fmt.Sprintf("%.3fx", q)
+	case q >= 100:
+		return fmt.Sprintf("%.0fx", q)
+	default:
+		return fmt.Sprintf("%.2fx", q)
+	}
 }
 
 func formatValue(v float64, u unit) string {
