@@ -116,18 +116,33 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	if err := target.UnmountStale(o.scratch); err != nil {
-		return fmt.Errorf("leftovers of an earlier run: %w", err)
+	r, err := prepare(ctx, o)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	runErr := r.runAll()
+	unmountErr := errors.Join(r.reg.UnmountAll(), unmountLeftovers(o))
+	report := r.report(time.Since(start))
+	fmt.Print(report)
+	return errors.Join(runErr, unmountErr, writeOutputs(o, r.res, report))
+}
+
+// prepare clears what an earlier run left, builds the missing parts of the
+// data set the selected workloads use, and finds the binaries.
+func prepare(ctx context.Context, o options) (*runner, error) {
+	if err := unmountLeftovers(o); err != nil {
+		return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
 	}
 	if err := os.RemoveAll(o.scratch); err != nil {
-		return fmt.Errorf("clear scratch: %w", err)
+		return nil, fmt.Errorf("clear scratch: %w", err)
 	}
 	if err := os.MkdirAll(o.scratch, 0o755); err != nil {
-		return fmt.Errorf("scratch: %w", err)
+		return nil, fmt.Errorf("scratch: %w", err)
 	}
 	if o.profile != "" {
 		if err := os.MkdirAll(o.profile, 0o755); err != nil {
-			return fmt.Errorf("profile dir: %w", err)
+			return nil, fmt.Errorf("profile dir: %w", err)
 		}
 	}
 	data := newDataset(o.cache)
@@ -136,40 +151,40 @@ func run(args []string) error {
 		need[sc.stack] = true
 	}
 	if err := data.build(ctx, logf, need); err != nil {
-		return err
+		return nil, err
 	}
-	bins := target.Binaries{FuseOverlayfs: o.fuseOvl, Strata: o.strata}
-	if contains(o.targets, string(target.Strata)) && bins.Strata == "" {
-		bins.Strata, err = buildStrata(o.scratch)
-		if err != nil {
-			logf("strata will not mount: %v", err)
+	r := &runner{ctx: ctx, opts: o, data: data, reg: &target.Registry{}, res: newResults()}
+	r.bins = target.Binaries{FuseOverlayfs: o.fuseOvl, Strata: o.strata}
+	if contains(o.targets, string(target.Strata)) && r.bins.Strata == "" {
+		r.bins.Strata, r.strataErr = buildStrata(o.scratch)
+		if r.strataErr != nil {
+			logf("strata will not mount: %v", r.strataErr)
 		}
 	}
+	return r, nil
+}
 
-	var reg target.Registry
-	r := &runner{ctx: ctx, opts: o, data: data, bins: bins, reg: &reg, res: newResults()}
-	start := time.Now()
-	runErr := r.runAll()
-	unmountErr := reg.UnmountAll()
-	if err := target.UnmountStale(o.scratch); err != nil {
-		unmountErr = errors.Join(unmountErr, err)
-	}
+// unmountLeftovers takes down mounts under the scratch directory and the
+// cache (a data-set build mounts overlayfs there) that a killed run left.
+func unmountLeftovers(o options) error {
+	return errors.Join(target.UnmountStale(o.scratch), target.UnmountStale(o.cache))
+}
 
-	report := r.report(time.Since(start))
-	fmt.Print(report)
+// writeOutputs writes the report and the raw samples where asked.
+func writeOutputs(o options, res *results, report string) error {
 	if o.out != "" {
 		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
-			return errors.Join(runErr, unmountErr, fmt.Errorf("write report: %w", err))
+			return fmt.Errorf("write report: %w", err)
 		}
 		logf("report written to %s", o.out)
 	}
 	if o.jsonOut != "" {
-		if err := r.res.writeJSON(o.jsonOut); err != nil {
-			return errors.Join(runErr, unmountErr, err)
+		if err := res.writeJSON(o.jsonOut); err != nil {
+			return err
 		}
 		logf("samples written to %s", o.jsonOut)
 	}
-	return errors.Join(runErr, unmountErr)
+	return nil
 }
 
 // buildStrata builds the strata binary of this module into dir.

@@ -17,8 +17,10 @@ type runner struct {
 	opts options
 	data dataset
 	bins target.Binaries
-	reg  *target.Registry
-	res  *results
+	// strataErr says why there is no strata binary to mount with.
+	strataErr error
+	reg       *target.Registry
+	res       *results
 }
 
 // selected lists the scenarios the options pick, in table order.
@@ -112,6 +114,9 @@ func (r *runner) lowers(s stack) []string {
 }
 
 func (r *runner) mount(sc scenario, kind target.Kind, dir string) (*target.Mount, error) {
+	if kind == target.Strata && r.strataErr != nil {
+		return nil, fmt.Errorf("%w: %w", target.ErrCannotMount, r.strataErr)
+	}
 	spec := target.Spec{
 		Lowers: r.lowers(sc.stack),
 		Upper:  filepath.Join(dir, "upper"),

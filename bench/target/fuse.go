@@ -66,7 +66,10 @@ func mountFuse(dir, bin string, args []string, umount func() error) (*Mount, err
 		if _, mounted := fsType(dir); mounted {
 			err = errors.Join(err, umount())
 		}
-		return nil, fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), args[0], err, out)
+		if out != "" {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		return nil, fmt.Errorf("%s %s: %w", filepath.Base(bin), args[0], err)
 	}
 	if err := waitMounted(dir, 10*time.Second); err != nil {
 		return nil, fmt.Errorf("%s returned but: %w (output: %s)", filepath.Base(bin), err, out)
