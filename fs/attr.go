@@ -29,6 +29,9 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 }
 
 func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
+	n.mu.Lock()
+	n.xattrs.forget() // chown and truncate may drop security.capability
+	n.mu.Unlock()
 	size, hasSize := in.GetSize()
 	if f := asFile(fh); f != nil && f.upper {
 		return n.setattrFd(f.fd, in)
@@ -147,6 +150,34 @@ func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
 	return ts, any
 }
 
+// xattrNames caches the xattr names of a node's object, so the common
+// question "has this file security.selinux?" costs no system call. Every
+// change of xattrs through this mount forgets the list, and so does an open
+// for writing (a write may strip security.capability). Guarded by node.mu.
+type xattrNames struct {
+	known bool
+	names map[string]bool
+}
+
+func (x *xattrNames) forget() { x.known, x.names = false, nil }
+
+// has reports whether attr may exist; on any doubt it says yes and the
+// caller asks the filesystem.
+func (x *xattrNames) has(dirfd int, name, attr string) bool {
+	if !x.known {
+		names, err := listXattrNames(dirfd, name)
+		if err != nil {
+			return true
+		}
+		x.names = make(map[string]bool, len(names))
+		for _, nm := range names {
+			x.names[nm] = true
+		}
+		x.known = true
+	}
+	return x.names[attr]
+}
+
 // objectAt opens the directory holding the node's current backing object
 // and returns it with the entry name. Caller holds u.treeMu shared and n.mu.
 func (n *node) objectAt() (int, string, error) {
@@ -175,6 +206,11 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		return 0, toErrno(err)
 	}
 	defer unix.Close(dirfd)
+	if !n.xattrs.has(dirfd, name, attr) {
+		// ls -l asks every file for security.selinux and ACLs; most
+		// have neither, and the cached name list answers that.
+		return 0, syscall.ENODATA
+	}
 	sz, err := getxattrAt(dirfd, name, attr, dest)
 	if err != nil {
 		return 0, toErrno(err)
@@ -241,6 +277,7 @@ func (n *node) changeXattr(change func(dirfd int, name string) error) error {
 	defer n.u.treeMu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.xattrs.forget()
 	dirfd, name, err := n.openObject()
 	if err != nil {
 		return err

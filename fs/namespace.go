@@ -195,7 +195,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
 	child.fillEntry(&st, out)
-	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true})
+	// A new file has no capability; only set-id bits in its mode matter.
+	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true}, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
 	return &child.Inode, fh, fuseFlags, errno
 }
 
@@ -323,7 +324,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	n.u.nodes[child.ino] = child
 	n.u.nodesMu.Unlock()
 	child.fillEntry(&st, out)
-	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true})
+	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true}, false)
 	return &child.Inode, fh, fuseFlags, errno
 }
 
@@ -392,6 +393,9 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	if err := n.copyUpLocked(false); err != nil {
 		return err
 	}
+	if ci, err = n.indexBeforeUnlink(name, ci); err != nil {
+		return err
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ll, err := n.lowerListingLocked()
@@ -418,6 +422,21 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		}
 	}
 	return nil
+}
+
+// indexBeforeUnlink copies a hard-linked lower file into the index (its
+// metadata only) before one of its names goes, so the names that stay
+// report the right st_nlink; overlayfs with index=on does the same. It
+// returns the name's state after that. Caller holds u.treeMu shared.
+func (n *node) indexBeforeUnlink(name string, ci *childInfo) (*childInfo, error) {
+	if ci.st.Mode&unix.S_IFMT != unix.S_IFREG || ci.st.Nlink <= 1 || ci.index || ci.inUpper {
+		return ci, nil
+	}
+	child := n.newChild(ctx0, name, ci)
+	if err := child.copyUpLocked(false); err != nil {
+		return nil, err
+	}
+	return n.lookupName(name)
 }
 
 // removeUpper removes dirfd/name from the upper layer and leaves a whiteout

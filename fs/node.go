@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -56,6 +57,11 @@ type node struct {
 	upperOpaque bool
 	// Open file bookkeeping for passthrough (see file.go).
 	opens openState
+	// xattrs caches the object's xattr names (see attr.go).
+	xattrs xattrNames
+	// twin: the object has, or had, a second kernel inode (see
+	// union.supersede); its attributes are not cached by the kernel.
+	twin bool
 	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
 	// -1 otherwise (see Tmpfile).
 	anonFd int
@@ -438,7 +444,7 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		return old
 	}
 	fresh := &node{
-		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], parent: n, name: name,
+		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], twin: n.u.gens[ci.ino] > 0, parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
 		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
 		anonFd: -1,
@@ -466,6 +472,8 @@ func (u *union) supersede(n *node) {
 	if u.gens[n.ino] <= n.gen {
 		u.gens[n.ino] = n.gen + 1
 	}
+	n.twin = true
+	go n.NotifyContent(0, 0) // drop the attributes the kernel holds now
 }
 
 // adoptName gives a known node the name it was just found under when its
@@ -499,6 +507,9 @@ func (n *node) OnForget() {
 // fillEntry and fillAttr translate a backing stat into what the kernel sees.
 func (n *node) fillEntry(st *unix.Stat_t, out *fuse.EntryOut) {
 	n.fillAttr(st, &out.Attr)
+	if n.twin {
+		out.SetAttrTimeout(uncached)
+	}
 }
 
 func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
@@ -570,6 +581,7 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 		current := f.upper || !n.inUpper
 		if current {
 			n.fillAttr(&st, &out.Attr)
+			n.attrTimeout(out)
 		}
 		n.mu.Unlock()
 		if current {
@@ -587,7 +599,20 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 		return toErrno(err)
 	}
 	n.fillAttr(&st, &out.Attr)
+	n.attrTimeout(out)
 	return 0
+}
+
+// uncached is the attribute timeout of an object that has two kernel
+// inodes (a superseded node and its successor): a change through one would
+// leave the other's cached attributes stale, so neither keeps them. (Zero
+// would mean "the mount's default" to go-fuse.)
+const uncached = time.Nanosecond
+
+func (n *node) attrTimeout(out *fuse.AttrOut) {
+	if n.twin {
+		out.SetTimeout(uncached)
+	}
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

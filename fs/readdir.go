@@ -35,7 +35,11 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 	if err := h.load(); err != nil {
 		return nil, 0, toErrno(err)
 	}
-	return h, 0, 0
+	// The kernel may keep the listing in its page cache and answer later
+	// opendir/getdents without asking: every change to a directory goes
+	// through this mount, and the kernel drops a directory's cached
+	// listing itself when it creates, removes or renames an entry in it.
+	return h, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (h *dirHandle) load() error {

@@ -266,6 +266,16 @@ func (n *node) clearDirForReplace(dirfd int, name string, dst *found) error {
 
 // moved updates the node's name after a rename. Caller holds u.treeMu
 // exclusively.
+//
+// A directory that changes parent has a new "..": the kernel drops the
+// cached listings of the two parents on its own, but not the moved
+// directory's, which holds ".." with the old parent's inode number. Its
+// cache is dropped once the rename has been answered (a notification sent
+// while the kernel holds the rename's locks could wait on them).
 func (n *node) moved(parent *node, name string) {
+	oldParent := n.parent
 	n.parent, n.name = parent, name
+	if n.kind == unix.S_IFDIR && oldParent != parent {
+		go n.NotifyContent(0, 0)
+	}
 }

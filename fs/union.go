@@ -307,11 +307,15 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		RootStableAttr:  &gofs.StableAttr{Ino: root.ino, Mode: unix.S_IFDIR},
 	}
 	opts.MountOptions = fuse.MountOptions{
-		AllowOther:    mo.AllowOther,
-		FsName:        mo.FsName,
-		Name:          "strata",
-		Debug:         mo.Debug,
-		EnableLocks:   true,
+		AllowOther:  mo.AllowOther,
+		FsName:      mo.FsName,
+		Name:        "strata",
+		Debug:       mo.Debug,
+		EnableLocks: true,
+		// With POSIX ACL support the kernel caches each inode's ACLs and
+		// checks them itself; without it every ls -l costs an extra
+		// getxattr(system.posix_acl_access) round trip per file.
+		EnableAcl:     true,
 		MaxWrite:      1 << 20,
 		MaxReadAhead:  1 << 20,
 		DirectMount:   true,

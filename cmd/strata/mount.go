@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -215,6 +217,14 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 		return err
 	}
 	defer srv.Close()
+	if path := os.Getenv("STRATA_CPUPROFILE"); path != "" {
+		// For measuring where the daemon's time goes (bench/README.md).
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	go returnFreedMemory()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {
@@ -245,6 +255,16 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	}
 	srv.Wait()
 	return nil
+}
+
+// returnFreedMemory hands memory the daemon no longer uses back to the
+// system now and then. After a walk of a huge tree the kernel forgets its
+// inodes and the nodes are garbage, but Go keeps the freed pages for reuse
+// for a long time; a long-running mount should shrink back instead.
+func returnFreedMemory() {
+	for range time.Tick(30 * time.Second) {
+		debug.FreeOSMemory()
+	}
 }
 
 func readyPipe() *os.File {
