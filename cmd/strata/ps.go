@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -22,6 +25,25 @@ type psRow struct {
 	Created time.Time `json:"created"`
 	State   string    `json:"state"`
 	Mounted bool      `json:"mounted"`
+	// PID is the container's init on the host while `strata run` runs it.
+	PID int `json:"pid,omitempty"`
+}
+
+// runningInitPid is the host pid of the container's init while a run is
+// live (from its run state, checked against /proc), else 0.
+func runningInitPid(c *layerdb.Container) int {
+	data, err := os.ReadFile(pathsOf(filepath.Dir(c.Upper)).state)
+	if err != nil {
+		return 0
+	}
+	var st runState
+	if json.Unmarshal(data, &st) != nil || st.InitPid == 0 {
+		return 0
+	}
+	if syscall.Kill(st.InitPid, 0) != nil {
+		return 0
+	}
+	return st.InitPid
 }
 
 func runPs(args []string) error {
@@ -44,6 +66,10 @@ func runPs(args []string) error {
 		}
 		for _, c := range ctrs {
 			r := psRow{ID: c.ID, Name: c.Name, Image: c.Image.String(), Created: c.Created, State: c.State, Mounted: s.Mounted(c)}
+			r.PID = runningInitPid(c)
+			if r.PID != 0 {
+				r.State = "running"
+			}
 			if im, err := s.Image(c.Image.String()); err == nil && len(im.Names) > 0 {
 				r.Image = im.Names[0]
 			}
@@ -60,13 +86,17 @@ func runPs(args []string) error {
 		return printJSON(rows)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCREATED\tSTATE\tMOUNTED\tNAME")
+	fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCREATED\tSTATE\tPID\tMOUNTED\tNAME")
 	for _, r := range rows {
 		img := r.Image
 		if len(img) == 71 {
 			img = short(img)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%v\t%s\n", short(r.ID), img, humanize.Time(r.Created), r.State, r.Mounted, r.Name)
+		pid := "-"
+		if r.PID != 0 {
+			pid = fmt.Sprint(r.PID)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%v\t%s\n", short(r.ID), img, humanize.Time(r.Created), r.State, pid, r.Mounted, r.Name)
 	}
 	return w.Flush()
 }
