@@ -25,7 +25,47 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 	if err := n.setattr(fh, in); err != nil {
 		return toErrno(err)
 	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		if err := n.killSetID(ctx); err != nil {
+			return toErrno(err)
+		}
+	}
 	return n.Getattr(ctx, fh, out)
+}
+
+// killSetID drops set-id bits after a chown or truncate by a caller
+// without CAP_FSETID (the kernel says so with FATTR_KILL_SUIDGID under
+// HANDLE_KILLPRIV_V2): setuid always, setgid when group-executable or the
+// caller is not in the file's group, as a local filesystem does.
+func (n *node) killSetID(ctx context.Context) error {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	dirfd, name, err := n.openObject()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, flags); err != nil {
+		return err
+	}
+	mode := st.Mode &^ unix.S_ISUID
+	if st.Mode&unix.S_ISGID != 0 {
+		c, ok := ctx.(*fuse.Context)
+		if st.Mode&unix.S_IXGRP != 0 || !ok || !callerInGroup(c, st.Gid) {
+			mode &^= unix.S_ISGID
+		}
+	}
+	if mode == st.Mode {
+		return nil
+	}
+	return fchmodat2(dirfd, name, mode&0o7777, flags)
 }
 
 func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {

@@ -48,6 +48,9 @@ type file struct {
 	fd       int
 	upper    bool // fd is the upper file (else a lower one, read-only)
 	writable bool // opened for writing
+	// mayHoldSetID: the file had set-id bits or a capability when opened
+	// for writing, so writes check for bits to drop.
+	mayHoldSetID bool
 	pt       bool // handed out as passthrough
 }
 
@@ -198,6 +201,7 @@ func (f *file) writesPrivileged() bool {
 	if !f.upper || !f.writable {
 		return false
 	}
+	f.mayHoldSetID = true
 	var st unix.Stat_t
 	if unix.Fstat(f.fd, &st) != nil {
 		return true
@@ -206,24 +210,35 @@ func (f *file) writesPrivileged() bool {
 		return true
 	}
 	_, err := unix.Fgetxattr(f.fd, "security.capability", nil)
-	return err == nil
+	f.mayHoldSetID = err == nil
+	return f.mayHoldSetID
 }
 
-// dropSetgidForWriter clears a setgid bit without group execute when the
-// writer is neither in the file's group nor privileged, as the kernel does
-// on a local filesystem. FUSE itself only clears setuid and setgid with
-// group execute (without HANDLE_KILLPRIV_V2, which go-fuse does not offer),
-// so this one case is ours.
-func (f *file) dropSetgidForWriter(ctx context.Context) {
+// killSetIDForWriter drops set-id bits before a write by a caller without
+// CAP_FSETID, as a local filesystem does: setuid always, setgid when
+// group-executable or the caller is not in the file's group. Under
+// HANDLE_KILLPRIV_V2 this is the server's job, and the daemon's own writes
+// (as root) would keep the bits. Files with set-id bits are never served by
+// passthrough (writesPrivileged), so every such write comes here.
+func (f *file) killSetIDForWriter(ctx context.Context) {
+	if !f.mayHoldSetID {
+		return
+	}
 	var st unix.Stat_t
-	if unix.Fstat(f.fd, &st) != nil || st.Mode&unix.S_ISGID == 0 || st.Mode&unix.S_IXGRP != 0 {
+	if unix.Fstat(f.fd, &st) != nil || st.Mode&(unix.S_ISUID|unix.S_ISGID) == 0 {
 		return
 	}
 	c, ok := ctx.(*fuse.Context)
-	if !ok || c.Caller.Uid == 0 || callerInGroup(c, st.Gid) {
+	if !ok || c.Caller.Uid == 0 {
 		return
 	}
-	unix.Fchmod(f.fd, st.Mode&0o7777&^unix.S_ISGID)
+	mode := st.Mode &^ unix.S_ISUID
+	if st.Mode&unix.S_ISGID != 0 && st.Mode&unix.S_IXGRP == 0 && callerInGroup(c, st.Gid) {
+		mode |= unix.S_ISGID
+	} else {
+		mode &^= unix.S_ISGID
+	}
+	unix.Fchmod(f.fd, mode&0o7777)
 }
 
 // callerInGroup reports whether the calling process has gid as its group
@@ -271,7 +286,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if f.upper {
-		f.dropSetgidForWriter(ctx)
+		f.killSetIDForWriter(ctx)
 	}
 	n, err := unix.Pwrite(f.fd, data, off)
 	if err != nil {
@@ -384,7 +399,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 		return 0, syscall.EINVAL
 	}
 	if dst.upper {
-		dst.dropSetgidForWriter(ctx)
+		dst.killSetIDForWriter(ctx)
 	}
 	inOff, outOff := int64(offIn), int64(offOut)
 	copied, err := unix.CopyFileRange(in.fd, &inOff, dst.fd, &outOff, int(length), int(flags))

@@ -196,7 +196,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	unix.Fstat(fd, &st)
 	child.fillEntry(&st, out)
 	// A new file has no capability; only set-id bits in its mode matter.
-	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true}, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
+	f := &file{n: child, fd: fd, upper: true, writable: int(flags)&writeAccess != 0}
+	fh, fuseFlags, errno := child.handOut(f, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
 	return &child.Inode, fh, fuseFlags, errno
 }
 

@@ -609,10 +609,16 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 // would mean "the mount's default" to go-fuse.)
 const uncached = time.Nanosecond
 
+// attrTimeout sets how long the kernel may keep attributes it gets from
+// GETATTR and SETATTR replies. (go-fuse applies the mount's default only to
+// some replies; a SETATTR answer without one makes the kernel ask again at
+// once.)
 func (n *node) attrTimeout(out *fuse.AttrOut) {
 	if n.twin {
 		out.SetTimeout(uncached)
+		return
 	}
+	out.SetTimeout(cacheTimeout)
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -315,11 +315,18 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// With POSIX ACL support the kernel caches each inode's ACLs and
 		// checks them itself; without it every ls -l costs an extra
 		// getxattr(system.posix_acl_access) round trip per file.
-		EnableAcl:     true,
-		MaxWrite:      1 << 20,
-		MaxReadAhead:  1 << 20,
-		DirectMount:   true,
-		MaxBackground: 64,
+		EnableAcl: true,
+		// With HANDLE_KILLPRIV_V2 the kernel leaves dropping set-id bits
+		// and capabilities to the server instead of asking for
+		// security.capability and the mode before every write, chown and
+		// truncate (two round trips each). The backing filesystem drops
+		// them as the daemon does those operations; setattr and write
+		// handle what depends on the caller (attr.go, file.go).
+		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+		MaxWrite:          1 << 20,
+		MaxReadAhead:      1 << 20,
+		DirectMount:       true,
+		MaxBackground:     64,
 	}
 	if mo.FsName == "" {
 		opts.MountOptions.FsName = "strata"
