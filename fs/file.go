@@ -51,7 +51,7 @@ type file struct {
 	// mayHoldSetID: the file had set-id bits or a capability when opened
 	// for writing, so writes check for bits to drop.
 	mayHoldSetID bool
-	pt       bool // handed out as passthrough
+	pt           bool // handed out as passthrough
 }
 
 // passthroughFile is a file the kernel reads and writes directly; only this
