@@ -94,15 +94,35 @@
 // (lowerListing): a lookup of a missing name costs a map lookup, whatever
 // the number of layers. The upper directory is read live.
 //
+// Directory listings are handed out with FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE:
+// the kernel keeps them and drops a directory's cached listing itself when
+// an entry is created, removed or renamed in it; a directory moved to a new
+// parent has its own listing dropped by notification (its ".." changed).
+// The kernel also caches POSIX ACLs (EnableAcl), and each node caches its
+// xattr names, so "has this file security.selinux?" costs no system call.
+// FLUSH is answered ENOSYS once, after which the kernel stops sending it.
+// With HANDLE_KILLPRIV_V2 the kernel does not ask for security.capability
+// and the mode before each chown and truncate; the daemon drops set-id bits
+// for callers without CAP_FSETID itself (attr.go killSetID, file.go
+// killSetIDForWriter), and the backing filesystem drops capabilities.
+//
 // # Passthrough
 //
 // On kernels with FUSE passthrough, regular files are read and written by
 // the kernel directly on the backing file. go-fuse registers one backing
 // file per node and reuses it for every passthrough open while any is live;
 // a file opened from a lower layer and then copied up would otherwise have
-// its new, writable opens land on the LOWER file. file.go hands out a
-// passthrough handle only when no passthrough handle of the other source
-// (lower or upper) is live, and serves the open through FUSE otherwise.
+// its new, writable opens land on the LOWER file. The kernel itself allows
+// one backing file per inode while passthrough opens are live, and no other
+// kind of open beside them. So when such a file is opened again after its
+// copy-up, the node is superseded (file.go handOut): it leaves the inode
+// table, the open answers ESTALE, the kernel looks the path up again and
+// gets a new node (same st_ino, new generation), which is a new kernel
+// inode, and retries the open there. Old handles keep reading the lower
+// content, as issue 2 asks (kernel overlayfs since 4.19 moves them to the
+// copy instead). While an object has two kernel inodes, neither caches its
+// attributes. Writes to files with set-id bits or a capability are served
+// through FUSE, never by passthrough, so privileges drop as the writer.
 //
 // # Errors
 //
