@@ -162,11 +162,16 @@ func (n *node) newUpperChild(ctx context.Context, s *slot, out *fuse.EntryOut, i
 	if err := unix.Fstatat(s.dirfd, s.name, &ci.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return nil, fmt.Errorf("stat new entry: %w", err)
 	}
+	return n.newUpperChildStat(ctx, s, out, isDir, ci), nil
+}
+
+// newUpperChildStat is newUpperChild for a caller that has the stat.
+func (n *node) newUpperChildStat(ctx context.Context, s *slot, out *fuse.EntryOut, isDir bool, ci *childInfo) *node {
 	ci.ino = n.u.upper.foldIno(ci.st.Ino)
 	ci.opaque = isDir && s.overWhiteout
 	child := n.newChild(ctx, s.name, ci)
 	child.fillEntry(&ci.st, out)
-	return child, nil
+	return child
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -187,14 +192,12 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, toErrno(err)
 	}
-	child, err := n.newUpperChild(ctx, s, &fuse.EntryOut{}, false)
-	if err != nil {
+	ci := &childInfo{inUpper: true}
+	if err := unix.Fstat(fd, &ci.st); err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, toErrno(err)
 	}
-	var st unix.Stat_t
-	unix.Fstat(fd, &st)
-	child.fillEntry(&st, out)
+	child := n.newUpperChildStat(ctx, s, out, false, ci)
 	// A new file has no capability; only set-id bits in its mode matter.
 	f := &file{n: child, fd: fd, upper: true, writable: int(flags)&writeAccess != 0}
 	fh, fuseFlags, errno := child.handOut(f, mode&(unix.S_ISUID|unix.S_ISGID) != 0)

@@ -62,6 +62,8 @@ type node struct {
 	// twin: the object has, or had, a second kernel inode (see
 	// union.supersede); its attributes are not cached by the kernel.
 	twin bool
+	// dirFd caches a descriptor of a directory's upper entry (dirfd.go).
+	dirFd cachedDirFd
 	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
 	// -1 otherwise (see Tmpfile).
 	anonFd int
@@ -130,7 +132,14 @@ func (n *node) upperRel() string {
 // openUpperDir opens this directory's upper entry as O_PATH. Caller holds
 // u.treeMu shared.
 func (n *node) openUpperDir() (int, error) {
-	return n.u.upper.openDir(n.upperRel())
+	if fd, ok := n.dirFd.dup(); ok {
+		return fd, nil
+	}
+	fd, err := n.u.upper.openDir(n.upperRel())
+	if err == nil && n.kind == unix.S_IFDIR {
+		n.dirFd.keep(n.u, fd)
+	}
+	return fd, err
 }
 
 // openUpperParent opens the upper directory that holds this node's entry
@@ -217,6 +226,8 @@ type childInfo struct {
 	// inUpper then says whether this name is linked to it yet.
 	index      bool
 	lowerNames uint32
+	// xattrs are the upper entry's xattr names, nil if unknown.
+	xattrs map[string]bool
 }
 
 // Lookup finds name in the view: the upper layer first, then the merged
@@ -313,25 +324,47 @@ func (n *node) hasOCIWhiteout(dirfd int, name string) bool {
 // the inode number it had before copy-up, and whether it is a metacopy.
 func (u *union) readUpperMeta(dirfd int, name string, ci *childInfo) {
 	ci.ino = u.upper.foldIno(ci.st.Ino)
-	if v, ok := getxattrString(dirfd, name, u.xattrPrefix+"ino"); ok {
-		if ino, err := strconv.ParseUint(v, 10, 64); err == nil && ino > 1 {
-			ci.ino = ino
+	// One listxattr tells which bookkeeping xattrs exist; an entry made in
+	// the upper layer (the common case) has none, and then no value is
+	// read.
+	ci.xattrs = listXattrSet(dirfd, name)
+	if ci.xattrs[u.xattrPrefix+"ino"] {
+		if v, ok := getxattrString(dirfd, name, u.xattrPrefix+"ino"); ok {
+			if ino, err := strconv.ParseUint(v, 10, 64); err == nil && ino > 1 {
+				ci.ino = ino
+			}
 		}
 	}
-	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG {
-		if _, ok := getxattrString(dirfd, name, u.overlayNS+"metacopy"); ok {
-			ci.metacopy = true
-		}
+	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG && ci.xattrs[u.overlayNS+"metacopy"] {
+		ci.metacopy = true
 	}
+}
+
+// listXattrSet returns the xattr names of dirfd/name; on error, nil (the
+// callers then read what they need directly).
+func listXattrSet(dirfd int, name string) map[string]bool {
+	names, err := listXattrNames(dirfd, name)
+	if err != nil {
+		return nil
+	}
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[n] = true
+	}
+	return set
 }
 
 // upperDirLowers decides which lower directories merge below an upper one:
 // none if it is opaque, those of its redirect if it was renamed, else those
 // of the same name below.
 func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *childInfo) {
-	if v, ok := getxattrString(dirfd, name, n.u.overlayNS+"opaque"); ok && v == "y" {
-		ci.opaque = true
-		return
+	// has: the xattr may exist (the name list is unknown, or lists it).
+	has := func(attr string) bool { return ci.xattrs == nil || ci.xattrs[attr] }
+	if has(n.u.overlayNS + "opaque") {
+		if v, ok := getxattrString(dirfd, name, n.u.overlayNS+"opaque"); ok && v == "y" {
+			ci.opaque = true
+			return
+		}
 	}
 	if n.u.wfmt == whiteout.FormatOCI {
 		if sub, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
@@ -344,9 +377,11 @@ func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *
 			}
 		}
 	}
-	if redirect, ok := getxattrString(dirfd, name, n.u.overlayNS+"redirect"); ok {
-		ci.dirs = n.u.resolveRedirect(n, redirect, unix.S_IFDIR)
-		return
+	if has(n.u.overlayNS + "redirect") {
+		if redirect, ok := getxattrString(dirfd, name, n.u.overlayNS+"redirect"); ok {
+			ci.dirs = n.u.resolveRedirect(n, redirect, unix.S_IFDIR)
+			return
+		}
 	}
 	if lowerEnt != nil && lowerEnt.mode == unix.S_IFDIR {
 		ci.dirs = n.lowerDirs.child(name, lowerEnt.dirLayers)
@@ -491,6 +526,7 @@ func (n *node) adoptName(parent *node, name string) {
 // OnForget drops the node from the union's table once the kernel and
 // go-fuse let go of it.
 func (n *node) OnForget() {
+	n.dirFd.drop(n.u)
 	n.mu.Lock()
 	if n.anonFd >= 0 {
 		unix.Close(n.anonFd)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -57,6 +58,8 @@ type union struct {
 
 	tmpSeq uint64 // guarded by tmpMu; names of work-dir temporaries
 	tmpMu  sync.Mutex
+
+	dirFds atomic.Int64 // cached directory descriptors (dirfd.go)
 
 	passthrough bool // set once the server knows the kernel supports it
 	server      *fuse.Server

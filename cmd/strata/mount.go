@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -207,6 +208,8 @@ func startDaemon(args []string) error {
 func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	ready := readyPipe()
 	unix.Umask(0) // modes come from the kernel with the caller's umask applied
+	raiseFileLimit()
+	moreFuseReaders()
 	cfg := fs.Config{Lowers: spec.Lowers, Upper: spec.Upper, Work: spec.Work, Volatile: spec.Volatile, ReadOnly: spec.ReadOnly}
 	srv, err := fs.Mount(mountpoint, cfg, spec.Mount)
 	if err != nil {
@@ -255,6 +258,26 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	}
 	srv.Wait()
 	return nil
+}
+
+// moreFuseReaders lets go-fuse keep more goroutines blocked reading
+// /dev/fuse (it runs GOMAXPROCS of them, 2 on a 2-core machine): with a
+// reader always waiting, a request's round trip measured 50-60 µs instead
+// of 80 µs here. GOMAXPROCS from the environment still wins.
+func moreFuseReaders() {
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 8 {
+		runtime.GOMAXPROCS(8)
+	}
+}
+
+// raiseFileLimit lifts the soft limit on open descriptors to the hard one:
+// every open file in the view holds one, and directories cache theirs.
+func raiseFileLimit() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
 }
 
 // returnFreedMemory hands memory the daemon no longer uses back to the

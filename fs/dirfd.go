@@ -1,0 +1,73 @@
+package fs
+
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Directory descriptors.
+//
+// Every operation that touches the upper layer needs a descriptor of an
+// upper directory, and resolving its path from the upper root with openat2
+// walks every component again. A directory node therefore keeps one
+// descriptor of its upper directory while the kernel holds the node, and
+// hands out duplicates. A descriptor follows its directory through renames,
+// so it never goes stale the way a path would; a removed directory's node
+// is detached and no longer asked. The number kept is bounded (maxDirFds)
+// so a walk over a huge tree cannot exhaust the process's descriptors.
+
+// maxDirFds bounds the cached directory descriptors of one mount.
+const maxDirFds = 4096
+
+// cachedDirFd is one node's cached descriptor. Its mutex is a leaf lock.
+type cachedDirFd struct {
+	mu sync.Mutex
+	fd int // 0: none (descriptor 0 is never a directory we opened)
+}
+
+// dup returns a duplicate of the cached descriptor.
+func (c *cachedDirFd) dup() (int, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd <= 0 {
+		return -1, false
+	}
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, false
+	}
+	return fd, true
+}
+
+// keep caches a duplicate of fd, if there is room.
+func (c *cachedDirFd) keep(u *union, fd int) {
+	if u.dirFds.Add(1) > maxDirFds {
+		u.dirFds.Add(-1)
+		return
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		u.dirFds.Add(-1)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd > 0 {
+		unix.Close(dup)
+		u.dirFds.Add(-1)
+		return
+	}
+	c.fd = dup
+}
+
+// drop closes the cached descriptor.
+func (c *cachedDirFd) drop(u *union) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd > 0 {
+		unix.Close(c.fd)
+		c.fd = 0
+		u.dirFds.Add(-1)
+	}
+}
