@@ -187,6 +187,12 @@ func copyData(dst, src int, size int64) error {
 	if unix.IoctlFileClone(dst, src) == nil {
 		return nil
 	}
+	return copyExtents(dst, src, size)
+}
+
+// copyExtents copies the data extents of src's first size bytes into dst
+// at the same offsets, so holes stay holes.
+func copyExtents(dst, src int, size int64) error {
 	for off := int64(0); off < size; {
 		start, err := unix.Seek(src, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -194,6 +200,9 @@ func copyData(dst, src int, size int64) error {
 		}
 		if err != nil {
 			return copyRange(dst, src, off, size-off)
+		}
+		if start >= size {
+			return nil
 		}
 		end, err := unix.Seek(src, start, unix.SEEK_HOLE)
 		if err != nil || end > size {
@@ -400,7 +409,9 @@ func (n *node) completeMetacopyLocked() error {
 	if ust.Size < size {
 		size = ust.Size // truncated since the metadata copy
 	}
-	if err := copyDataNoClone(dst, src, size); err != nil {
+	// Extents, not a reflink: a clone would replace the whole file,
+	// including a size the user set since the metadata copy.
+	if err := copyExtents(dst, src, size); err != nil {
 		return fmt.Errorf("copy metacopy data: %w", err)
 	}
 	if err := n.u.fsync(dst); err != nil {
@@ -414,31 +425,5 @@ func (n *node) completeMetacopyLocked() error {
 	removexattrAt(dirfd, name, n.u.overlayNS+"redirect")
 	n.metacopy = false
 	n.hasLower = false
-	return nil
-}
-
-// copyDataNoClone is copyData into an existing file: a reflink would replace
-// the whole destination, including a size the user set.
-func copyDataNoClone(dst, src int, size int64) error {
-	for off := int64(0); off < size; {
-		start, err := unix.Seek(src, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return nil
-		}
-		if err != nil {
-			return copyRange(dst, src, off, size-off)
-		}
-		if start >= size {
-			return nil
-		}
-		end, err := unix.Seek(src, start, unix.SEEK_HOLE)
-		if err != nil || end > size {
-			end = size
-		}
-		if err := copyRange(dst, src, start, end-start); err != nil {
-			return err
-		}
-		off = end
-	}
 	return nil
 }

@@ -311,3 +311,22 @@ func TestOldOpenKeepsLowerContent(t *testing.T) {
 		t.Errorf("the upper copy holds %q", b)
 	}
 }
+
+// Without /dev/fuse (hidden here by a tmpfs over /dev in a private mount
+// namespace) the mount fails with a message that names the device.
+func TestMissingDevFuse(t *testing.T) {
+	s := newStack(t)
+	unmountAtEnd(t, s.mnt)
+	script := `mount -t tmpfs none /dev && exec "$0" "$@"`
+	args := append([]string{"--mount", "--propagation", "private", "sh", "-c", script, strataBin}, s.args()...)
+	out, err := exec.Command("unshare", args...).CombinedOutput()
+	if err == nil {
+		t.Fatalf("mount without /dev/fuse succeeded: %s", out)
+	}
+	if !strings.Contains(string(out), "/dev/fuse is missing") {
+		t.Errorf("error does not name /dev/fuse: %s", out)
+	}
+	if ents, _ := os.ReadDir(s.upper); len(ents) != 0 {
+		t.Errorf("the upper dir was touched: %v", ents)
+	}
+}
