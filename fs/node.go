@@ -541,7 +541,10 @@ func (n *node) OnForget() {
 }
 
 // fillEntry and fillAttr translate a backing stat into what the kernel sees.
+// fillEntry takes n.mu; fillAttr's caller holds it.
 func (n *node) fillEntry(st *unix.Stat_t, out *fuse.EntryOut) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.fillAttr(st, &out.Attr)
 	if n.twin {
 		out.SetAttrTimeout(uncached)
