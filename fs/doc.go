@@ -73,7 +73,9 @@
 //  2. node.mu of a directory, then of its children. Copy-up takes the
 //     parent's mu before the child's (parents are copied up first); two
 //     unrelated nodes are never locked together.
-//  3. union.nodesMu (the inode table) and union.tmpMu, leaf locks.
+//  3. Leaf locks, never held while taking another: union.nodesMu (the
+//     inode table), union.tmpMu, and each node's cached directory
+//     descriptor lock (dirfd.go).
 //
 // # Copy-up
 //
