@@ -473,11 +473,12 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 	kind := ci.st.Mode & unix.S_IFMT
 	n.u.nodesMu.Lock()
-	defer n.u.nodesMu.Unlock()
 	if old := n.u.nodes[ci.ino]; old != nil && old.kind == kind && !old.Forgotten() {
+		n.u.nodesMu.Unlock() // a leaf lock: not held while taking old.mu
 		old.adoptName(n, name)
 		return old
 	}
+	defer n.u.nodesMu.Unlock()
 	fresh := &node{
 		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], twin: n.u.gens[ci.ino] > 0, parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
