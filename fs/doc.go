@@ -125,6 +125,10 @@
 // copy instead). While an object has two kernel inodes, neither caches its
 // attributes. Writes to files with set-id bits or a capability are served
 // through FUSE, never by passthrough, so privileges drop as the writer.
+// A node keeps the first way it served a file (passthrough on the lower
+// file, on the upper file, or through FUSE) for its life; any other need
+// supersedes it, because go-fuse and the kernel both misbehave when one
+// inode mixes them (file.go, openState).
 //
 // # Errors
 //

@@ -13,22 +13,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// openState tracks the node's passthrough handles. go-fuse registers one
-// kernel backing file per node and hands the same backing id to every later
-// passthrough open while any is live. If a file was opened from the lower
-// layer and is then copied up, an upper open given that id would write into
-// the LOWER file. So a passthrough handle is only handed out when no
-// passthrough handle of the other source is live; otherwise the node is
-// superseded (see handOut). Guarded by node.mu.
+// openState records how the node's files are handed to the kernel. The
+// kernel allows one backing file per inode while passthrough opens are
+// live, and no other kind of open beside them; go-fuse registers one
+// backing file per node and, if passthrough and FUSE-served handles of one
+// node are mixed, releases the backing file when a FUSE-served handle
+// closes (the kernel then fails the passthrough open with EIO). So a node
+// keeps the first mode it hands out for its whole life: passthrough on the
+// lower file, passthrough on the upper file, or served through FUSE. An
+// open that needs another mode supersedes the node (see handOut). Guarded
+// by node.mu.
 type openState struct {
-	ptCount int  // live passthrough handles
-	ptUpper bool // their backing file is the upper one
-	cached  int  // live handles served through FUSE (see writesPrivileged)
+	mode ioMode
 	// live are the open handles of the upper object: once every name of
 	// the node is gone, fchmod, fchown and friends still reach the file
 	// through them (the kernel sends those without a handle).
 	live map[*file]struct{}
 }
+
+// ioMode is how a node's open files are served.
+type ioMode int
+
+const (
+	ioUnset ioMode = iota
+	ioPassthroughLower
+	ioPassthroughUpper
+	ioFUSE
+)
 
 // liveUpperFd returns a descriptor of an open handle of the upper object,
 // or -1. Caller holds n.mu.
@@ -151,13 +162,12 @@ func (n *node) open(flags int) (*file, error) {
 	return &file{n: n, fd: fd}, nil
 }
 
-// handOut hands the open file to the kernel as a passthrough handle.
+// handOut hands the open file to the kernel, by passthrough where it can.
 //
-// The kernel allows one backing file per inode while passthrough opens are
-// live, and no other kind of open beside them. So when a file that is open
-// from a lower layer was copied up and is opened again (now on the upper
-// file), this kernel inode cannot serve the new open. The node is then
-// superseded: it leaves the inode table, so the next lookup of any of its
+// When an open needs a mode other than the node's (a lower file opened
+// before was copied up and is opened again, now on the upper file; or a
+// set-id file is opened for writing), this kernel inode cannot serve it.
+// The node is then superseded: it leaves the inode table, so the next lookup of any of its
 // names makes a new node with the same st_ino and a new generation, which
 // the kernel treats as a new inode. The open answers ESTALE, on which the
 // kernel looks the path up again (LOOKUP_REVAL) and retries the open on the
@@ -169,24 +179,26 @@ func (n *node) handOut(f *file, checkPrivileged bool) (gofs.FileHandle, uint32, 
 	if n.opens.live == nil {
 		n.opens.live = map[*file]struct{}{}
 	}
-	if !n.u.passthrough {
-		n.opens.live[f] = struct{}{}
-		return f, 0, 0
+	want := ioFUSE
+	switch {
+	case !n.u.passthrough || (checkPrivileged && f.writesPrivileged()):
+	case f.upper:
+		want = ioPassthroughUpper
+	default:
+		want = ioPassthroughLower
 	}
-	wantPt := !(checkPrivileged && f.writesPrivileged()) && n.opens.cached == 0
-	if n.opens.ptCount > 0 && (!wantPt || n.opens.ptUpper != f.upper) {
+	if n.opens.mode == ioUnset {
+		n.opens.mode = want
+	}
+	if n.opens.mode != want {
 		unix.Close(f.fd)
 		n.u.supersede(n)
 		return nil, 0, syscall.ESTALE
 	}
 	n.opens.live[f] = struct{}{}
-	if !wantPt {
-		n.opens.cached++
+	if want == ioFUSE {
 		return f, 0, 0
 	}
-	n.opens.ptCount++
-	n.opens.ptUpper = f.upper
-	n.opens.live[f] = struct{}{}
 	f.pt = true
 	return passthroughFile{f}, 0, 0
 }
@@ -266,11 +278,6 @@ func callerInGroup(c *fuse.Context, gid uint32) bool {
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
-	if f.pt {
-		f.n.opens.ptCount--
-	} else if f.n.u.passthrough {
-		f.n.opens.cached--
-	}
 	delete(f.n.opens.live, f)
 	f.n.mu.Unlock()
 	return toErrno(unix.Close(f.fd))
