@@ -188,7 +188,7 @@ func (n *node) openObject() (int, string, error) {
 	return n.openUpperParent()
 }
 
-// lowerDirRel is where the child name of this directory lives in layer li.
+// lowerChildRef is where the child name of this directory lives in layer li.
 func (n *node) lowerChildRef(li int, name string) lowerRef {
 	return lowerRef{layer: li, rel: joinRel(n.lowerDirs.rel, name)}
 }
@@ -275,8 +275,6 @@ func (n *node) lookupLocked(name string) (*childInfo, error) {
 	}
 	return n.lookupLower(name, lowerEnt)
 }
-
-var errWhiteout = errors.New("whiteout")
 
 // lookupUpper checks the upper directory for name. found is false when the
 // upper has no entry; a whiteout is found and answers ENOENT.
