@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"syscall"
 
@@ -38,34 +37,23 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 // HANDLE_KILLPRIV_V2): setuid always, setgid when group-executable or the
 // caller is not in the file's group, as a local filesystem does.
 func (n *node) killSetID(ctx context.Context) error {
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	dirfd, name, err := n.openObject()
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dirfd)
-	flags := unix.AT_SYMLINK_NOFOLLOW
-	if name == "" {
-		flags |= unix.AT_EMPTY_PATH
-	}
-	var st unix.Stat_t
-	if err := unix.Fstatat(dirfd, name, &st, flags); err != nil {
-		return err
-	}
-	mode := st.Mode &^ unix.S_ISUID
-	if st.Mode&unix.S_ISGID != 0 {
-		c, ok := ctx.(*fuse.Context)
-		if st.Mode&unix.S_IXGRP != 0 || !ok || !callerInGroup(c, st.Gid) {
-			mode &^= unix.S_ISGID
+	return n.withObject(upperObject, func(dirfd int, name string) error {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, name, &st, atFlags(name)); err != nil {
+			return err
 		}
-	}
-	if mode == st.Mode {
-		return nil
-	}
-	return fchmodat2(dirfd, name, mode&0o7777, flags)
+		mode := st.Mode &^ unix.S_ISUID
+		if st.Mode&unix.S_ISGID != 0 {
+			c, ok := ctx.(*fuse.Context)
+			if st.Mode&unix.S_IXGRP != 0 || !ok || !callerInGroup(c, st.Gid) {
+				mode &^= unix.S_ISGID
+			}
+		}
+		if mode == st.Mode {
+			return nil
+		}
+		return fchmodat2(dirfd, name, mode&0o7777, atFlags(name))
+	})
 }
 
 func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
@@ -79,40 +67,39 @@ func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
 	if err := n.copyUp(ctx0, hasSize && size != 0); err != nil {
 		return err
 	}
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	dirfd, name, err := n.openObject()
+	return n.withObject(upperObject, func(dirfd int, name string) error {
+		if hasSize {
+			if err := n.truncateLocked(dirfd, name, int64(size)); err != nil {
+				return err
+			}
+		}
+		return n.setattrAt(dirfd, name, in)
+	})
+}
+
+// truncateLocked sets the size of the upper object dirfd/name; truncating
+// a metacopy to 0 leaves nothing to copy, so it stops being one. Caller
+// holds n.mu.
+func (n *node) truncateLocked(dirfd int, name string, size int64) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("open for truncate: %w", err)
 	}
-	defer unix.Close(dirfd)
-	if hasSize {
-		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open for truncate: %w", err)
-		}
-		if size == 0 && n.metacopy {
-			removexattrAt(fd, "", n.u.overlayNS+"metacopy")
-			removexattrAt(fd, "", n.u.overlayNS+"redirect")
-			n.metacopy, n.hasLower = false, false
-		}
-		err = unix.Ftruncate(fd, int64(size))
-		unix.Close(fd)
-		if err != nil {
-			return fmt.Errorf("truncate: %w", err)
-		}
+	defer unix.Close(fd)
+	if size == 0 && n.metacopy {
+		removexattrAt(fd, "", n.u.overlayNS+"metacopy")
+		removexattrAt(fd, "", n.u.overlayNS+"redirect")
+		n.metacopy, n.hasLower = false, false
 	}
-	return n.setattrAt(dirfd, name, in)
+	if err := unix.Ftruncate(fd, size); err != nil {
+		return fmt.Errorf("truncate: %w", err)
+	}
+	return nil
 }
 
 // setattrAt applies owner, mode and times to dirfd/name (name "" is dirfd).
 func (n *node) setattrAt(dirfd int, name string, in *fuse.SetAttrIn) error {
-	flags := unix.AT_SYMLINK_NOFOLLOW
-	if name == "" {
-		flags |= unix.AT_EMPTY_PATH
-	}
+	flags := atFlags(name)
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
 	if hasUID || hasGID {
@@ -233,42 +220,67 @@ func (n *node) objectAt() (int, string, error) {
 	return fd, base, err
 }
 
+// Which object withObject opens: the current one (upper or lower), or the
+// upper one (the caller has copied the node up).
+const (
+	currentObject = false
+	upperObject   = true
+)
+
+// withObject runs fn on the directory holding the node's backing object and
+// the object's name there ("" when the descriptor is the object itself),
+// holding u.treeMu shared and n.mu.
+func (n *node) withObject(upper bool, fn func(dirfd int, name string) error) error {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	open := n.objectAt
+	if upper {
+		open = n.openObject
+	}
+	dirfd, name, err := open()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	return fn(dirfd, name)
+}
+
+// atFlags are the *at flags that act on dirfd/name without following a
+// symlink, or on dirfd itself when name is "".
+func atFlags(name string) int {
+	if name == "" {
+		return unix.AT_SYMLINK_NOFOLLOW | unix.AT_EMPTY_PATH
+	}
+	return unix.AT_SYMLINK_NOFOLLOW
+}
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if isPrivateXattr(attr) {
 		return 0, syscall.ENODATA
 	}
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	dirfd, name, err := n.objectAt()
-	if err != nil {
-		return 0, toErrno(err)
-	}
-	defer unix.Close(dirfd)
-	if !n.xattrs.has(dirfd, name, attr) {
-		// ls -l asks every file for security.selinux and ACLs; most
-		// have neither, and the cached name list answers that.
-		return 0, syscall.ENODATA
-	}
-	sz, err := getxattrAt(dirfd, name, attr, dest)
-	if err != nil {
-		return 0, toErrno(err)
-	}
-	return uint32(sz), 0
+	var sz int
+	err := n.withObject(currentObject, func(dirfd int, name string) error {
+		if !n.xattrs.has(dirfd, name, attr) {
+			// ls -l asks every file for security.selinux and ACLs;
+			// most have neither, and the cached name list says so.
+			return unix.ENODATA
+		}
+		var err error
+		sz, err = getxattrAt(dirfd, name, attr, dest)
+		return err
+	})
+	return uint32(sz), toErrno(err)
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	dirfd, name, err := n.objectAt()
-	if err != nil {
-		return 0, toErrno(err)
-	}
-	defer unix.Close(dirfd)
-	names, err := listXattrNames(dirfd, name)
+	var names []string
+	err := n.withObject(currentObject, func(dirfd int, name string) error {
+		var err error
+		names, err = listXattrNames(dirfd, name)
+		return err
+	})
 	if err != nil {
 		return 0, toErrno(err)
 	}
@@ -313,21 +325,8 @@ func (n *node) changeXattr(change func(dirfd int, name string) error) error {
 	if err := n.copyUp(ctx0, false); err != nil {
 		return err
 	}
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.xattrs.forget()
-	dirfd, name, err := n.openObject()
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dirfd)
-	if err := change(dirfd, name); err != nil {
-		if errors.Is(err, unix.ENOTSUP) {
-			return unix.EOPNOTSUPP
-		}
-		return err
-	}
-	return nil
+	return n.withObject(upperObject, func(dirfd int, name string) error {
+		n.xattrs.forget()
+		return change(dirfd, name)
+	})
 }

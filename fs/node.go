@@ -660,26 +660,13 @@ func (n *node) attrTimeout(out *fuse.AttrOut) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	n.u.treeMu.RLock()
-	defer n.u.treeMu.RUnlock()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	var dirfd int
-	var name string
-	var err error
-	if n.inUpper {
-		dirfd, name, err = n.openObject()
-	} else {
-		dir, base := splitRel(n.lower.rel)
-		name = base
-		dirfd, err = n.u.lowers[n.lower.layer].openDir(dir)
-	}
-	if err != nil {
-		return nil, toErrno(err)
-	}
-	defer unix.Close(dirfd)
 	buf := make([]byte, unix.PathMax)
-	sz, err := unix.Readlinkat(dirfd, name, buf)
+	var sz int
+	err := n.withObject(currentObject, func(dirfd int, name string) error {
+		var err error
+		sz, err = unix.Readlinkat(dirfd, name, buf)
+		return err
+	})
 	if err != nil {
 		return nil, toErrno(err)
 	}
