@@ -205,6 +205,15 @@ func (x *xattrNames) has(dirfd int, name, attr string) bool {
 	return x.names[attr]
 }
 
+// xattrKnownAbsent reports whether the cached name list says the object
+// has no xattr attr: the answer to ls -l's per-file security.selinux
+// question without opening anything.
+func (n *node) xattrKnownAbsent(attr string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.xattrs.known && !n.xattrs.names[attr]
+}
+
 // objectAt opens the directory holding the node's current backing object
 // and returns it with the entry name. Caller holds u.treeMu shared and n.mu.
 func (n *node) objectAt() (int, string, error) {
@@ -257,7 +266,7 @@ func atFlags(name string) int {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if isPrivateXattr(attr) {
+	if isPrivateXattr(attr) || n.xattrKnownAbsent(attr) {
 		return 0, syscall.ENODATA
 	}
 	var sz int

@@ -96,12 +96,18 @@
 // (lowerListing): a lookup of a missing name costs a map lookup, whatever
 // the number of layers. The upper directory is read live.
 //
-// Directory listings are handed out with FOPEN_CACHE_DIR|FOPEN_KEEP_CACHE:
-// the kernel keeps them and drops a directory's cached listing itself when
-// an entry is created, removed or renamed in it; a directory moved to a new
-// parent has its own listing dropped by notification (its ".." changed).
-// The kernel also caches POSIX ACLs (EnableAcl), and each node caches its
-// xattr names, so "has this file security.selinux?" costs no system call.
+// Directories are never opened in the protocol: OPENDIR is answered ENOSYS
+// once, after which the kernel sends neither OPENDIR nor RELEASEDIR and
+// keeps every listing it has read in its cache (FOPEN_CACHE_DIR|
+// FOPEN_KEEP_CACHE is its default then), so opening a cached directory
+// costs no round trip. The listings are served through handles the daemon
+// opens itself (dircursor.go). The kernel drops a directory's cached
+// listing itself when an entry is created, removed or renamed in it; a
+// directory moved to a new parent has its own listing dropped by
+// notification (its ".." changed). The kernel also caches POSIX ACLs
+// (EnableAcl) and symlink targets (a target never changes), and each node
+// caches its xattr names, so "has this file security.selinux?", which ls -l
+// asks of every file, is answered without a system call.
 // FLUSH is answered ENOSYS once, after which the kernel stops sending it.
 // With HANDLE_KILLPRIV_V2 the kernel does not ask for security.capability
 // and the mode before each chown and truncate; the daemon drops set-id bits
@@ -121,7 +127,7 @@
 // table, the open answers ESTALE, the kernel looks the path up again and
 // gets a new node (same st_ino, new generation), which is a new kernel
 // inode, and retries the open there. Old handles keep reading the lower
-// content, as issue 2 asks (kernel overlayfs since 4.19 moves them to the
+// content (kernel overlayfs since 4.19 moves them to the
 // copy instead). While an object has two kernel inodes, neither caches its
 // attributes. Writes to files with set-id bits or a capability are served
 // through FUSE, never by passthrough, so privileges drop as the writer.

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"syscall"
 
@@ -20,14 +21,42 @@ var (
 	_ gofs.FileFsyncdirer     = (*dirHandle)(nil)
 )
 
-// dirHandle is an open directory: a snapshot of the merged listing taken at
-// opendir (and again on a seek to 0, as rewinddir expects). Offsets are
-// positions in the snapshot, so telldir/seekdir work and a directory
-// changed while it is read never repeats or skips a name.
+// dirHandle is a directory listing being read: a snapshot of the merged
+// listing, ordered by cookie. An entry's offset (d_off, telldir) is its
+// cookie, a hash of its name, not its position: a read that continues at
+// offset N returns the entries whose cookie is above N, so a listing read
+// in pieces, or resumed with seekdir, never repeats or skips a name that
+// stayed, even when the directory changed in between and the piece comes
+// from a newer snapshot (ext4 hands out hash cookies for the same reason).
 type dirHandle struct {
 	n       *node
-	entries []fuse.DirEntry
+	entries []fuse.DirEntry // sorted by Off
 	pos     int
+}
+
+// Cookies of the two dot entries; every name's cookie is above them.
+const (
+	dotCookie    = 1
+	dotDotCookie = 2
+)
+
+// nameCookie is the offset of name in its directory: 63 bits of its FNV-1a
+// hash (the kernel's offsets are signed), kept clear of 0 (the start) and
+// the dot entries. Two names with one cookie are possible in principle
+// (about 2^-63 per pair); a piece boundary between them would skip the
+// second.
+func nameCookie(name string) uint64 {
+	const offset64, prime64 = 14695981039346656037, 1099511628211
+	h := uint64(offset64)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= prime64
+	}
+	c := h >> 1
+	if c <= dotDotCookie {
+		c += dotDotCookie + 1
+	}
+	return c
 }
 
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -36,9 +65,9 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		return nil, 0, toErrno(err)
 	}
 	// The kernel may keep the listing in its page cache and answer later
-	// opendir/getdents without asking: every change to a directory goes
-	// through this mount, and the kernel drops a directory's cached
-	// listing itself when it creates, removes or renames an entry in it.
+	// reads without asking: every change to a directory goes through
+	// this mount, and the kernel drops a directory's cached listing
+	// itself when it creates, removes or renames an entry in it.
 	return h, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -53,10 +82,15 @@ func (h *dirHandle) load() error {
 	if p := h.n.parent; p != nil {
 		parentIno = p.ino
 	}
+	for i := range ents {
+		ents[i].Off = nameCookie(ents[i].Name)
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Off < ents[j].Off })
 	h.entries = append([]fuse.DirEntry{
-		{Name: ".", Mode: unix.S_IFDIR, Ino: h.n.ino},
-		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno},
+		{Name: ".", Mode: unix.S_IFDIR, Ino: h.n.ino, Off: dotCookie},
+		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno, Off: dotDotCookie},
 	}, ents...)
+	h.pos = 0
 	return nil
 }
 
@@ -66,17 +100,16 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	}
 	e := h.entries[h.pos]
 	h.pos++
-	e.Off = uint64(h.pos)
 	return &e, 0
 }
 
+// Seekdir continues after cookie off; 0 is a rewind and takes a fresh
+// snapshot, as rewinddir expects.
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
-		if err := h.load(); err != nil {
-			return toErrno(err)
-		}
+		return toErrno(h.load())
 	}
-	h.pos = int(off)
+	h.pos = sort.Search(len(h.entries), func(i int) bool { return h.entries[i].Off > off })
 	return 0
 }
 

@@ -326,10 +326,13 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// them as the daemon does those operations; setattr and write
 		// handle what depends on the caller (attr.go, file.go).
 		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
-		MaxWrite:          1 << 20,
-		MaxReadAhead:      1 << 20,
-		DirectMount:       true,
-		MaxBackground:     64,
+		// A symlink's target never changes while its inode lives (a
+		// new target is a new symlink), so the kernel may keep it.
+		EnableSymlinkCaching: true,
+		MaxWrite:             1 << 20,
+		MaxReadAhead:         1 << 20,
+		DirectMount:          true,
+		MaxBackground:        64,
 	}
 	if mo.FsName == "" {
 		opts.MountOptions.FsName = "strata"
@@ -350,7 +353,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// fusermount3 turns the words into flags itself.
 		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
 	}
-	srv, err := gofs.Mount(mountpoint, root, opts)
+	srv, err := serve(mountpoint, root, opts)
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -358,6 +361,22 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 	u.server = srv
 	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && os.Getenv("STRATA_NO_PASSTHROUGH") == ""
 	return &Server{Server: srv, u: u}, nil
+}
+
+// serve mounts the node tree with directories served without opens
+// (openlessDirs) and returns once the kernel has answered INIT.
+func serve(mountpoint string, root *node, opts *gofs.Options) (*fuse.Server, error) {
+	raw := newOpenlessDirs(gofs.NewNodeFS(root, opts))
+	srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		// The serve loop ends by itself once the mount is gone.
+		return nil, err
+	}
+	return srv, nil
 }
 
 // mountFlags turns mount(2) option words into MS_* flags. The result is

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// One Test function per item of issue 2's "Semantics" section. Each case
+// One Test function per item of the union semantics. Each case
 // runs twice: as is, and with an unmount and remount of both targets
 // between the ops and the tree comparison.
 

@@ -44,7 +44,7 @@
 //     no overlay-private xattr visible).
 //   - harness_test.go: runScenario (build, mount both, ops, optional
 //     remount with st_ino stability, compare) and the mtime bookkeeping.
-//   - cases_test.go: one Test per item of issue 2's "Semantics"; every case
+//   - cases_test.go: one Test per item of the union semantics (fs/doc.go); every case
 //     runs as is and with a remount before the comparison.
 //   - random_test.go, interop_test.go, debian_test.go: seeded random
 //     sequences, the interop check (kernel overlayfs reading the SUT's

@@ -702,7 +702,7 @@ func doReadBeforeCopyUp(root int, o op) (string, error) {
 	}
 	// What the old descriptor reads is not compared: kernel overlayfs
 	// (since 4.19) moves open files to the copy, strata keeps them on the
-	// lower file as issue 2 asks. cmd/strata's
+	// lower file, by design. cmd/strata's
 	// TestOldOpenKeepsLowerContent checks strata's side.
 	if _, err := readAllFd(ro); err != nil {
 		return "read old fd", err

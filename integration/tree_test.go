@@ -265,7 +265,7 @@ func compareTrees(oracle, sut *tree, opt compareOptions) []diff {
 	return diffs
 }
 
-// requiredOfSUT checks what issue 2 requires of strata outright, whatever
+// requiredOfSUT checks what the union semantics require of strata outright, whatever
 // the kernel does: the kernel itself gets some of these wrong (a ".." whose
 // d_ino is not its st_ino in a merged directory; no ".." at a FUSE root).
 func requiredOfSUT(p string, s *node, rootDev uint64, withIdentity bool) []diff {

@@ -278,7 +278,7 @@ func TestMountRefusals(t *testing.T) {
 }
 
 // A file opened read-only before it is copied up keeps reading the lower
-// content (issue 2's rule; kernel overlayfs since 4.19 moves the open file
+// content (strata's rule; kernel overlayfs since 4.19 moves the open file
 // to the copy instead), new opens see the copy, and the lower file never
 // changes, also with passthrough.
 func TestOldOpenKeepsLowerContent(t *testing.T) {
