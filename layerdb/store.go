@@ -101,7 +101,7 @@ func OpenWithOptions(root string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := removeEmptyValueLogs(filepath.Join(abs, dbDirName)); err != nil {
+	if err := removeEmptyLogs(filepath.Join(abs, dbDirName)); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -149,20 +149,23 @@ func badgerOptions(dir string) badger.Options {
 		WithCompactL0OnClose(false)
 }
 
-// removeEmptyValueLogs deletes zero-length badger value logs. A kill between
-// badger creating a value log and writing its 20-byte header leaves one, and
-// badger v4.9 then refuses to open ("Open existing file ... Create a new
-// file"); found by TestKillAtRandomPoints. An empty file holds no data, so
-// removing it loses nothing.
-func removeEmptyValueLogs(dbDir string) error {
-	logs, err := filepath.Glob(filepath.Join(dbDir, "*.vlog"))
-	if err != nil {
-		return fmt.Errorf("list value logs: %w", err)
-	}
-	for _, l := range logs {
-		if st, err := os.Stat(l); err == nil && st.Size() == 0 {
-			if err := os.Remove(l); err != nil {
-				return fmt.Errorf("remove empty value log: %w", err)
+// removeEmptyLogs deletes zero-length badger value logs and memtable
+// files. A kill between badger creating one and writing its header (or
+// sizing the memtable's mapping) leaves it empty, and badger v4.9 then
+// refuses to open ("while opening fid: N err: Create a new file"); found
+// by TestKillAtRandomPoints, for .vlog and for .mem files. An empty file
+// holds no data, so removing it loses nothing.
+func removeEmptyLogs(dbDir string) error {
+	for _, pattern := range []string{"*.vlog", "*.mem"} {
+		logs, err := filepath.Glob(filepath.Join(dbDir, pattern))
+		if err != nil {
+			return fmt.Errorf("list %s files: %w", pattern, err)
+		}
+		for _, l := range logs {
+			if st, err := os.Stat(l); err == nil && st.Size() == 0 {
+				if err := os.Remove(l); err != nil {
+					return fmt.Errorf("remove empty badger file: %w", err)
+				}
 			}
 		}
 	}
