@@ -17,7 +17,7 @@ import (
 // round trip at all. Without this, every opendir(3) cost two (find and
 // ls -R open every directory of the tree).
 //
-// READDIR(PLUS) then arrives with file handle 0 and an offset, and nothing
+// READDIR(PLUS) then always arrives with file handle 0 and an offset, and nothing
 // tells two readers of one directory apart. That is sound because offsets
 // are name cookies (readdir.go): any snapshot of the current listing
 // answers "the entries after cookie N" correctly. The bridge serves
@@ -30,7 +30,7 @@ import (
 // all by then), when it goes stale, and when the kernel forgets the
 // directory.
 //
-// FSYNCDIR arrives with handle 0 too and is served through a handle opened
+// FSYNCDIR always arrives with handle 0 too and is served through a handle opened
 // for the call.
 type openlessDirs struct {
 	fuse.RawFileSystem
@@ -75,9 +75,6 @@ func (o *openlessDirs) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out 
 type readDirFunc func(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status
 
 func (o *openlessDirs) read(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, readDir readDirFunc) fuse.Status {
-	if in.Fh != 0 {
-		return readDir(cancel, in, out)
-	}
 	c, st := o.take(cancel, &in.InHeader)
 	if !st.Ok() {
 		return st
@@ -172,9 +169,6 @@ func (o *openlessDirs) release(node, fh uint64) {
 }
 
 func (o *openlessDirs) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if in.Fh != 0 {
-		return o.RawFileSystem.FsyncDir(cancel, in)
-	}
 	fh, st := o.openHandle(cancel, &in.InHeader)
 	if !st.Ok() {
 		return st

@@ -3,6 +3,8 @@ package fs
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"sort"
 	"strconv"
 	"syscall"
@@ -46,29 +48,23 @@ const (
 // (about 2^-63 per pair); a piece boundary between them would skip the
 // second.
 func nameCookie(name string) uint64 {
-	const offset64, prime64 = 14695981039346656037, 1099511628211
-	h := uint64(offset64)
-	for i := 0; i < len(name); i++ {
-		h ^= uint64(name[i])
-		h *= prime64
-	}
-	c := h >> 1
+	h := fnv.New64a()
+	io.WriteString(h, name)
+	c := h.Sum64() >> 1
 	if c <= dotDotCookie {
 		c += dotDotCookie + 1
 	}
 	return c
 }
 
+// OpendirHandle is called by openlessDirs only (the kernel never opens a
+// directory, see dircursor.go), so the open flags go nowhere.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	h := &dirHandle{n: n}
 	if err := h.load(); err != nil {
 		return nil, 0, toErrno(err)
 	}
-	// The kernel may keep the listing in its page cache and answer later
-	// reads without asking: every change to a directory goes through
-	// this mount, and the kernel drops a directory's cached listing
-	// itself when it creates, removes or renames an entry in it.
-	return h, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return h, 0, 0
 }
 
 func (h *dirHandle) load() error {
