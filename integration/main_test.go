@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/strata-fs/strata/runner"
 	"golang.org/x/sys/unix"
 )
 
@@ -201,5 +202,5 @@ func pidOfTestRoot(name string) (int, bool) {
 }
 
 func processAlive(pid int) bool {
-	return unix.Kill(pid, 0) == nil
+	return runner.Running(pid)
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-fs/strata/runner"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,7 +93,7 @@ func daemonPid(t *testing.T, mnt string) int {
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	for i := 0; i < 200; i++ {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if !runner.Running(pid) {
 			return
 		}
 		time.Sleep(25 * time.Millisecond)

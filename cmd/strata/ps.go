@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
 
 	"github.com/strata-fs/strata/layerdb"
+	"github.com/strata-fs/strata/runner"
 )
 
 func init() {
@@ -40,7 +40,7 @@ func runningInitPid(c *layerdb.Container) int {
 	if json.Unmarshal(data, &st) != nil || st.InitPid == 0 {
 		return 0
 	}
-	if syscall.Kill(st.InitPid, 0) != nil {
+	if !runner.Running(st.InitPid) {
 		return 0
 	}
 	return st.InitPid
