@@ -292,9 +292,26 @@ func exitCode(ws syscall.WaitStatus) int {
 // Running reports whether process pid exists and has not exited. A process
 // that has exited but whose parent has not reaped it yet (a zombie) is not
 // running: a daemon started in the background is reparented to PID 1, and
-// some init programs reap only every few seconds.
+// some init programs reap only every few seconds. The main thread of a
+// multi-threaded process turns zombie before its other threads have
+// finished exiting (and closed the process's files), so every thread is
+// looked at.
 func Running(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false
+	}
+	for _, task := range tasks {
+		if taskRunning(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name())) {
+			return true
+		}
+	}
+	return false
+}
+
+// taskRunning reads one thread's state from its stat file.
+func taskRunning(statPath string) bool {
+	stat, err := os.ReadFile(statPath)
 	if err != nil {
 		return false
 	}
