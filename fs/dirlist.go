@@ -22,7 +22,10 @@ type lowerRef struct {
 type lowerEntry struct {
 	layer int    // topmost lower layer holding the name
 	mode  uint32 // S_IFMT of that entry
-	ino   uint64 // its backing inode number (d_ino), not yet folded
+	// noXattrs: the entry is known to carry no xattr at all (learnt by
+	// the prefetcher), so its node can answer getxattr without asking.
+	noXattrs bool
+	ino      uint64 // its backing inode number (d_ino), not yet folded
 	// dirLayers lists, for a directory, every lower layer from the top one
 	// down in which the same name is also a directory and not hidden by a
 	// whiteout or a non-directory above it. Opacity of those child

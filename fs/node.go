@@ -203,7 +203,7 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 		n.listing = &lowerListing{entries: map[string]*lowerEntry{}}
 		return n.listing, nil
 	}
-	ll, used, err := n.u.buildLowerListing(n.lowerDirs)
+	ll, used, err := n.u.prefetch.listing(n.lowerDirs)
 	if err != nil {
 		return nil, err
 	}
@@ -228,6 +228,8 @@ type childInfo struct {
 	lowerNames uint32
 	// xattrs are the upper entry's xattr names, nil if unknown.
 	xattrs map[string]bool
+	// noXattrs: the lower object is known to have no xattrs.
+	noXattrs bool
 }
 
 // Lookup finds name in the view: the upper layer first, then the merged
@@ -457,6 +459,7 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 		return nil, fmt.Errorf("stat lower %q: %w", ref.rel, err)
 	}
 	ci.ino = l.foldIno(ci.st.Ino)
+	ci.noXattrs = e.noXattrs
 	if e.mode == unix.S_IFDIR {
 		ci.dirs = n.lowerDirs.child(name, e.dirLayers)
 	}
@@ -483,6 +486,7 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
 		anonFd: -1,
 	}
+	fresh.xattrs.known = ci.noXattrs && !ci.inUpper && !ci.index
 	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
 	return fresh

@@ -258,6 +258,14 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 		log.Printf("strata: serving %s (%d lower layers)", abs, len(spec.Lowers))
 	}
 	srv.Wait()
+	if path := os.Getenv("STRATA_HEAPPROFILE"); path != "" {
+		// What the daemon holds at the end of a run (bench/README.md).
+		runtime.GC()
+		if f, err := os.Create(path); err == nil {
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,262 @@
+package fs
+
+import (
+	"container/list"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Directory prefetch.
+//
+// A walker (find, ls -R, du, a container runtime scanning an image) lists a
+// directory and then goes into its subdirectories one after the other. On
+// a cold cache each of those listings waits on the disk twice: for the
+// lower directories' blocks (getdents) and, because the kernel asks with
+// READDIRPLUS, for every entry's inode (fstatat). The walker is serial, so
+// the daemon would sit idle between requests while the next directory's
+// blocks are still on disk.
+//
+// So when a directory's merged lower listing is built for the view, the
+// prefetcher builds its subdirectories' listings in the background and
+// stats their entries (the kernel keeps the inodes), one level ahead of
+// the walker. A merged lower listing is a pure function of its lowerDirSet
+// (lower layers never change), so a listing built ahead is exactly the one
+// the node would build; the node takes it instead of reading the layers
+// again. Nothing else is cached: upper entries are always read fresh.
+//
+// Bounds: pending work is a stack (a depth-first walker goes next where
+// the last listing pointed) of at most maxPendingDirs sets, dropping the
+// oldest; finished listings wait for their node up to maxReadyEntries
+// entries in all, oldest dropped first; a directory with more than
+// maxWarmEntries entries is listed but its entries are not stat'ed (a
+// huge layer directory is usually looked up by name, not walked).
+// Workers stop before the layers close (union.close), so no worker ever
+// resolves a path against a descriptor number that was reused.
+//
+// Lock order: prefetcher.mu is a leaf; a node's mu may be held while
+// taking it (lowerListingLocked), never the other way round.
+const (
+	prefetchWorkers = 2
+	maxPendingDirs  = 1024
+	maxReadyEntries = 1 << 16
+	maxWarmEntries  = 1024
+)
+
+type prefetcher struct {
+	u    *union
+	mu   sync.Mutex
+	wake *sync.Cond
+	// pending are sets to build, the most recently asked for last.
+	pending []lowerDirSet
+	// building maps a set's key to a channel closed when its build ends.
+	building map[string]chan struct{}
+	// ready are finished listings not yet taken; readyOrder holds their
+	// keys oldest first, readyEntries the entries they hold in all.
+	ready        map[string]*list.Element // of *readyListing
+	readyOrder   list.List
+	readyEntries int
+	stopped      bool
+	workers      sync.WaitGroup
+}
+
+type readyListing struct {
+	key  string
+	ll   *lowerListing
+	used []int
+}
+
+func newPrefetcher(u *union) *prefetcher {
+	p := &prefetcher{u: u, building: map[string]chan struct{}{}, ready: map[string]*list.Element{}}
+	p.wake = sync.NewCond(&p.mu)
+	for i := 0; i < prefetchWorkers; i++ {
+		p.workers.Add(1)
+		go p.work()
+	}
+	return p
+}
+
+// stop ends the workers and waits for them; pending work is dropped.
+func (p *prefetcher) stop() {
+	p.mu.Lock()
+	p.stopped = true
+	p.pending = nil
+	p.wake.Broadcast()
+	p.mu.Unlock()
+	p.workers.Wait()
+}
+
+// dirSetKey names a lowerDirSet: its path and the layers it spans.
+func dirSetKey(s lowerDirSet) string {
+	var b strings.Builder
+	b.WriteString(s.rel)
+	for _, l := range s.layers {
+		b.WriteByte(0)
+		b.WriteString(strconv.Itoa(l))
+	}
+	return b.String()
+}
+
+// listing returns the merged listing of dirs: the prefetched one if a
+// worker built it (waiting if one is building it now), else one built
+// here. Either way the subdirectories are then queued for prefetch.
+func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
+	key := dirSetKey(dirs)
+	p.mu.Lock()
+	if done, ok := p.building[key]; ok {
+		p.mu.Unlock()
+		<-done
+		p.mu.Lock()
+	}
+	if got := p.takeReadyLocked(key); got != nil {
+		p.mu.Unlock()
+		p.queueChildren(dirs, got.ll)
+		return got.ll, got.used, nil
+	}
+	// Built here; workers skip the set meanwhile.
+	done := make(chan struct{})
+	p.building[key] = done
+	p.mu.Unlock()
+	ll, used, err := p.u.buildLowerListing(dirs)
+	p.mu.Lock()
+	delete(p.building, key)
+	p.mu.Unlock()
+	close(done)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.queueChildren(dirs, ll)
+	return ll, used, nil
+}
+
+// queueChildren asks for the listings of the subdirectories of a listing
+// just handed to a node.
+func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
+	var sets []lowerDirSet
+	// Reverse name order: the stack then hands out the first name first,
+	// the order a walker reading the directory goes in.
+	for i := len(ll.names) - 1; i >= 0; i-- {
+		e := ll.entries[ll.names[i]]
+		if e.mode == unix.S_IFDIR && len(e.dirLayers) > 0 {
+			sets = append(sets, dirs.child(ll.names[i], e.dirLayers))
+		}
+	}
+	if len(sets) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.pending = append(p.pending, sets...)
+	if over := len(p.pending) - maxPendingDirs; over > 0 {
+		p.pending = append(p.pending[:0], p.pending[over:]...)
+	}
+	p.wake.Broadcast()
+}
+
+func (p *prefetcher) work() {
+	defer p.workers.Done()
+	for {
+		dirs, key, done, ok := p.next()
+		if !ok {
+			return
+		}
+		ll, used, err := p.u.buildLowerListing(dirs)
+		if err == nil && len(ll.names) <= maxWarmEntries {
+			p.warmInodes(dirs, ll)
+		}
+		p.mu.Lock()
+		delete(p.building, key)
+		if err == nil && !p.stopped {
+			p.addReadyLocked(&readyListing{key: key, ll: ll, used: used})
+		}
+		p.mu.Unlock()
+		close(done)
+	}
+}
+
+// next waits for a set to build that is neither built nor being built.
+func (p *prefetcher) next() (lowerDirSet, string, chan struct{}, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		for len(p.pending) > 0 && !p.stopped {
+			dirs := p.pending[len(p.pending)-1]
+			p.pending = p.pending[:len(p.pending)-1]
+			key := dirSetKey(dirs)
+			if _, busy := p.building[key]; busy {
+				continue
+			}
+			if _, done := p.ready[key]; done {
+				continue
+			}
+			done := make(chan struct{})
+			p.building[key] = done
+			return dirs, key, done, true
+		}
+		if p.stopped {
+			return lowerDirSet{}, "", nil, false
+		}
+		p.wake.Wait()
+	}
+}
+
+// warmInodes stats every entry where the view will find it, so the
+// READDIRPLUS that lists the directory finds the inodes in memory, and
+// marks the entries that have no xattrs (ls -l asks every file for
+// security.selinux and its ACLs; their nodes then answer from memory).
+// The listing is still the worker's own, so its entries may change.
+func (p *prefetcher) warmInodes(dirs lowerDirSet, ll *lowerListing) {
+	fds := map[int]int{}
+	defer func() {
+		for _, fd := range fds {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	var st unix.Stat_t
+	for _, name := range ll.names {
+		e := ll.entries[name]
+		li := e.layer
+		fd, ok := fds[li]
+		if !ok {
+			var err error
+			if fd, err = p.u.lowers[li].openDir(dirs.rel); err != nil {
+				fd = -1
+			}
+			fds[li] = fd
+		}
+		if fd < 0 || unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			continue
+		}
+		if size, err := listxattrAt(fd, name, nil); err == nil && size == 0 {
+			e.noXattrs = true
+		}
+	}
+}
+
+func (p *prefetcher) addReadyLocked(r *readyListing) {
+	p.ready[r.key] = p.readyOrder.PushBack(r)
+	p.readyEntries += len(r.ll.names)
+	for p.readyEntries > maxReadyEntries && p.readyOrder.Len() > 1 {
+		p.takeReadyLocked(p.readyOrder.Front().Value.(*readyListing).key)
+	}
+}
+
+// takeReadyLocked removes the finished listing of key and returns it, or
+// nil if there is none.
+func (p *prefetcher) takeReadyLocked(key string) *readyListing {
+	el, ok := p.ready[key]
+	if !ok {
+		return nil
+	}
+	r := p.readyOrder.Remove(el).(*readyListing)
+	delete(p.ready, key)
+	p.readyEntries -= len(r.ll.names)
+	return r
+}
