@@ -74,8 +74,8 @@
 //     parent's mu before the child's (parents are copied up first); two
 //     unrelated nodes are never locked together.
 //  3. Leaf locks, never held while taking another: union.nodesMu (the
-//     inode table), union.tmpMu, and each node's cached directory
-//     descriptor lock (dirfd.go).
+//     inode table), union.tmpMu, each node's cached directory
+//     descriptor lock (dirfd.go) and the prefetcher's lock (prefetch.go).
 //
 // # Copy-up
 //
@@ -95,6 +95,14 @@
 // once, into a merged listing kept on the node while the kernel holds it
 // (lowerListing): a lookup of a missing name costs a map lookup, whatever
 // the number of layers. The upper directory is read live.
+//
+// Walkers go from a directory into its subdirectories, so when a node's
+// merged listing is built, two background workers build the listings of
+// its subdirectories and stat their entries, one level ahead of the walker
+// (prefetch.go). A merged lower listing depends only on the lower paths
+// and layers, so the node takes the prefetched one as its own. The workers
+// also note which entries have no xattrs at all; their nodes start with an
+// empty, known xattr name list.
 //
 // Directories are never opened in the protocol: OPENDIR is answered ENOSYS
 // once, after which the kernel sends neither OPENDIR nor RELEASEDIR and
