@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"slices"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -183,7 +184,7 @@ func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
 // for writing (a write may strip security.capability). Guarded by node.mu.
 type xattrNames struct {
 	known bool
-	names map[string]bool
+	names []string // most objects have none or one: a slice, not a map
 }
 
 func (x *xattrNames) forget() { x.known, x.names = false, nil }
@@ -196,13 +197,9 @@ func (x *xattrNames) has(dirfd int, name, attr string) bool {
 		if err != nil {
 			return true
 		}
-		x.names = make(map[string]bool, len(names))
-		for _, nm := range names {
-			x.names[nm] = true
-		}
-		x.known = true
+		x.names, x.known = names, true
 	}
-	return x.names[attr]
+	return slices.Contains(x.names, attr)
 }
 
 // xattrKnownAbsent reports whether the cached name list says the object
@@ -211,7 +208,7 @@ func (x *xattrNames) has(dirfd int, name, attr string) bool {
 func (n *node) xattrKnownAbsent(attr string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.xattrs.known && !n.xattrs.names[attr]
+	return n.xattrs.known && !slices.Contains(n.xattrs.names, attr)
 }
 
 // objectAt opens the directory holding the node's current backing object

@@ -55,7 +55,7 @@ func (n *node) prepareSlot(name string) (*slot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open upper dir: %w", err)
 	}
-	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.upperOpaque && ll.entries[name] != nil}
+	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.upperOpaque && ll.entry(name) != nil}
 	var st unix.Stat_t
 	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
@@ -406,7 +406,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	if err != nil {
 		return err
 	}
-	needWhiteout := !n.upperOpaque && ll.entries[name] != nil
+	needWhiteout := !n.upperOpaque && ll.entry(name) != nil
 	dirfd, err := n.openUpperDir()
 	if err != nil {
 		return err

@@ -200,7 +200,7 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 		return n.listing, nil
 	}
 	if n.lowerDirs.empty() {
-		n.listing = &lowerListing{entries: map[string]*lowerEntry{}}
+		n.listing = &lowerListing{}
 		return n.listing, nil
 	}
 	ll, used, err := n.u.prefetch.listing(n.lowerDirs)
@@ -262,7 +262,7 @@ func (n *node) lookupLocked(name string) (*childInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	lowerEnt := ll.entries[name]
+	lowerEnt := ll.entry(name)
 	if n.inUpper {
 		ci, found, err := n.lookupUpper(name, lowerEnt)
 		if err != nil || found {

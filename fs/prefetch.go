@@ -138,7 +138,7 @@ func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
 	// Reverse name order: the stack then hands out the first name first,
 	// the order a walker reading the directory goes in.
 	for i := len(ll.names) - 1; i >= 0; i-- {
-		e := ll.entries[ll.names[i]]
+		e := &ll.ents[i]
 		if e.mode == unix.S_IFDIR && len(e.dirLayers) > 0 {
 			sets = append(sets, dirs.child(ll.names[i], e.dirLayers))
 		}
@@ -166,7 +166,7 @@ func (p *prefetcher) work() {
 			return
 		}
 		ll, used, err := p.u.buildLowerListing(dirs)
-		if err == nil && len(ll.names) <= maxWarmEntries {
+		if err == nil && ll.size() <= maxWarmEntries {
 			p.warmInodes(dirs, ll)
 		}
 		p.mu.Lock()
@@ -220,8 +220,8 @@ func (p *prefetcher) warmInodes(dirs lowerDirSet, ll *lowerListing) {
 		}
 	}()
 	var st unix.Stat_t
-	for _, name := range ll.names {
-		e := ll.entries[name]
+	for i, name := range ll.names {
+		e := &ll.ents[i]
 		li := e.layer
 		fd, ok := fds[li]
 		if !ok {
@@ -242,7 +242,7 @@ func (p *prefetcher) warmInodes(dirs lowerDirSet, ll *lowerListing) {
 
 func (p *prefetcher) addReadyLocked(r *readyListing) {
 	p.ready[r.key] = p.readyOrder.PushBack(r)
-	p.readyEntries += len(r.ll.names)
+	p.readyEntries += r.ll.size()
 	for p.readyEntries > maxReadyEntries && p.readyOrder.Len() > 1 {
 		p.takeReadyLocked(p.readyOrder.Front().Value.(*readyListing).key)
 	}
@@ -257,6 +257,6 @@ func (p *prefetcher) takeReadyLocked(key string) *readyListing {
 	}
 	r := p.readyOrder.Remove(el).(*readyListing)
 	delete(p.ready, key)
-	p.readyEntries -= len(r.ll.names)
+	p.readyEntries -= r.ll.size()
 	return r
 }

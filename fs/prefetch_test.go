@@ -76,7 +76,7 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"d", "o", "plain"} {
-		e := rootList.entries[name]
+		e := rootList.entry(name)
 		if e == nil || e.mode != unix.S_IFDIR {
 			t.Fatalf("root listing lacks directory %q: %+v", name, e)
 		}
@@ -90,8 +90,8 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, e := range got.entries {
-			e.noXattrs = false // only the prefetcher learns it
+		for i := range got.ents {
+			got.ents[i].noXattrs = false // only the prefetcher learns it
 		}
 		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotUsed, wantUsed) {
 			t.Errorf("%s: prefetched %+v (layers %v), built %+v (layers %v)", name, got, gotUsed, want, wantUsed)
@@ -107,20 +107,20 @@ func TestPrefetchMarksEntriesWithoutXattrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := root.child("d", rootList.entries["d"].dirLayers)
+	d := root.child("d", rootList.entry("d").dirLayers)
 	waitReady(t, u.prefetch, d)
 	ll, _, err := u.prefetch.listing(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := ll.entries["gone"]; ok {
+	if ll.entry("gone") != nil {
 		t.Error("a whited-out name is listed")
 	}
-	if ll.entries["tagged"].noXattrs {
+	if ll.entry("tagged").noXattrs {
 		t.Error("a file with user.tag is marked as having no xattrs")
 	}
 	for _, name := range []string{"top", "mid", "old"} {
-		if !ll.entries[name].noXattrs {
+		if !ll.entry(name).noXattrs {
 			t.Errorf("%s has no xattrs but is not marked", name)
 		}
 	}
@@ -136,7 +136,7 @@ func TestPrefetchHandsOutOnceAndStaysBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := root.child("d", rootList.entries["d"].dirLayers)
+	d := root.child("d", rootList.entry("d").dirLayers)
 	waitReady(t, p, d)
 	if _, _, err := p.listing(d); err != nil {
 		t.Fatal(err)

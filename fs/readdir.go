@@ -147,11 +147,11 @@ func (n *node) mergedEntries(withIno bool) ([]fuse.DirEntry, error) {
 			return out, nil
 		}
 	}
-	for _, name := range ll.names {
+	for i, name := range ll.names {
 		if shadowed[name] {
 			continue
 		}
-		e := ll.entries[name]
+		e := &ll.ents[i]
 		out = append(out, fuse.DirEntry{Name: name, Mode: e.mode, Ino: n.u.lowers[e.layer].foldIno(e.ino)})
 	}
 	return out, nil

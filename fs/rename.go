@@ -204,7 +204,7 @@ func (n *node) hasLowerName(name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return ll.entries[name] != nil, nil
+	return ll.entry(name) != nil, nil
 }
 
 // prepareMove records, on a directory about to move, where its lower
