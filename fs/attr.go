@@ -211,6 +211,21 @@ func (n *node) xattrKnownAbsent(attr string) bool {
 	return n.xattrs.known && !slices.Contains(n.xattrs.names, attr)
 }
 
+// learnXattrNames fills the xattr name cache of a node just made at
+// dirfd/name: the kernel asks a new file for security.capability on its
+// first writes (an unpacking tar, twice per file), and the list answers
+// that without a system call.
+func (n *node) learnXattrNames(dirfd int, name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.xattrs.known {
+		return
+	}
+	if names, err := listXattrNames(dirfd, name); err == nil {
+		n.xattrs.names, n.xattrs.known = names, true
+	}
+}
+
 // objectAt opens the directory holding the node's current backing object
 // and returns it with the entry name. Caller holds u.treeMu shared and n.mu.
 func (n *node) objectAt() (int, string, error) {

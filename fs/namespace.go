@@ -171,6 +171,7 @@ func (n *node) newUpperChildStat(ctx context.Context, s *slot, out *fuse.EntryOu
 	ci.opaque = isDir && s.overWhiteout
 	child := n.newChild(ctx, s.name, ci)
 	child.fillEntry(&ci.st, out)
+	child.learnXattrNames(s.dirfd, s.name)
 	return child
 }
 
