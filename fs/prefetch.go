@@ -1,7 +1,9 @@
 package fs
 
 import (
+	"cmp"
 	"container/list"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,17 +136,21 @@ func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
 // queueChildren asks for the listings of the subdirectories of a listing
 // just handed to a node.
 func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
-	var sets []lowerDirSet
-	// Reverse name order: the stack then hands out the first name first,
-	// the order a walker reading the directory goes in.
-	for i := len(ll.names) - 1; i >= 0; i-- {
-		e := &ll.ents[i]
-		if e.mode == unix.S_IFDIR && len(e.dirLayers) > 0 {
-			sets = append(sets, dirs.child(ll.names[i], e.dirLayers))
+	var subdirs []string
+	for i, name := range ll.names {
+		if e := &ll.ents[i]; e.mode == unix.S_IFDIR && len(e.dirLayers) > 0 {
+			subdirs = append(subdirs, name)
 		}
 	}
-	if len(sets) == 0 {
+	if len(subdirs) == 0 {
 		return
+	}
+	// Pushed in reverse readdir (cookie) order, so the stack hands out
+	// first the directory a walker reading the listing reaches first.
+	slices.SortFunc(subdirs, func(a, b string) int { return cmp.Compare(nameCookie(b), nameCookie(a)) })
+	sets := make([]lowerDirSet, len(subdirs))
+	for i, name := range subdirs {
+		sets[i] = dirs.child(name, ll.entry(name).dirLayers)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
