@@ -376,9 +376,10 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 }
 
 // serve mounts the node tree with directories served without opens
-// (openlessDirs) and returns once the kernel has answered INIT.
+// (openlessDirs), on readers that yield now and then (yield.go), and
+// returns once the kernel has answered INIT.
 func serve(mountpoint string, root *node, opts *gofs.Options) (*fuse.Server, error) {
-	raw := newOpenlessDirs(gofs.NewNodeFS(root, opts))
+	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
 	srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
 	if err != nil {
 		return nil, err
