@@ -37,16 +37,26 @@ var yieldClocks = sync.Pool{New: func() any { return new(yieldClock) }}
 
 // yieldIfDue yields the calling reader if its P is due.
 func yieldIfDue() {
+	if !stampClock(false) {
+		return
+	}
+	runtime.Gosched()
+	// The reader may go on on another P, which has just scheduled it:
+	// stamp that one too, or the reader would yield again at once.
+	stampClock(true)
+}
+
+// stampClock sets the current P's clock to now if it is due or always is
+// set, and reports whether it was due.
+func stampClock(always bool) bool {
 	now := time.Since(clockBase)
 	c := yieldClocks.Get().(*yieldClock)
 	due := now-c.last >= yieldEvery
-	if due {
+	if due || always {
 		c.last = now
 	}
 	yieldClocks.Put(c)
-	if due {
-		runtime.Gosched()
-	}
+	return due
 }
 
 // yieldingFS calls yieldIfDue before the requests that come in long
