@@ -44,6 +44,46 @@ type lowerEntry struct {
 type lowerListing struct {
 	names []string     // sorted visible names, the readdir order
 	ents  []lowerEntry // ents[i] is names[i]'s entry
+
+	// dirFds are descriptors of the merged lower directories, opened by
+	// the lookups of their entries and kept for the next ones (a
+	// READDIRPLUS looks up every entry), within the mount's budget of
+	// cached directory descriptors (dirfd.go). Guarded by the owning
+	// node's mu; closed when the node is forgotten.
+	dirFds []layerDirFd
+}
+
+type layerDirFd struct{ layer, fd int }
+
+// lowerDirFd returns a descriptor of the directory set's directory in
+// layer li and whether the caller must close it (false: it is cached).
+// Caller holds the owning node's mu.
+func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, bool, error) {
+	for _, c := range ll.dirFds {
+		if c.layer == li {
+			return c.fd, false, nil
+		}
+	}
+	fd, err := u.lowers[li].openDir(dirs.rel)
+	if err != nil {
+		return -1, false, err
+	}
+	if u.dirFds.Add(1) > maxDirFds {
+		u.dirFds.Add(-1)
+		return fd, true, nil
+	}
+	ll.dirFds = append(ll.dirFds, layerDirFd{layer: li, fd: fd})
+	return fd, false, nil
+}
+
+// closeDirFds closes the cached descriptors. Caller holds the owning
+// node's mu.
+func (ll *lowerListing) closeDirFds(u *union) {
+	for _, c := range ll.dirFds {
+		unix.Close(c.fd)
+		u.dirFds.Add(-1)
+	}
+	ll.dirFds = nil
 }
 
 // entry returns name's entry, nil if no lower layer shows name.

@@ -448,13 +448,14 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 	ref := n.lowerChildRef(e.layer, name)
 	l := n.u.lowers[e.layer]
 	ci := &childInfo{lower: ref, hasLower: true}
-	dir, base := splitRel(ref.rel)
-	dirfd, err := l.openDir(dir)
+	dirfd, mustClose, err := n.listing.lowerDirFd(n.u, n.lowerDirs, e.layer)
 	if err != nil {
 		return nil, fmt.Errorf("open lower dir: %w", err)
 	}
-	err = unix.Fstatat(dirfd, base, &ci.st, unix.AT_SYMLINK_NOFOLLOW)
-	unix.Close(dirfd)
+	err = unix.Fstatat(dirfd, name, &ci.st, unix.AT_SYMLINK_NOFOLLOW)
+	if mustClose {
+		unix.Close(dirfd)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stat lower %q: %w", ref.rel, err)
 	}
@@ -531,6 +532,9 @@ func (n *node) adoptName(parent *node, name string) {
 func (n *node) OnForget() {
 	n.dirFd.drop(n.u)
 	n.mu.Lock()
+	if n.listing != nil {
+		n.listing.closeDirFds(n.u)
+	}
 	if n.anonFd >= 0 {
 		unix.Close(n.anonFd)
 		n.anonFd = -1
