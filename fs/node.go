@@ -62,6 +62,9 @@ type node struct {
 	// twin: the object has, or had, a second kernel inode (see
 	// union.supersede); its attributes are not cached by the kernel.
 	twin bool
+	// listedBare: the directory's last listing gave files no attributes
+	// (plus.go).
+	listedBare bool
 	// dirFd caches a descriptor of a directory's upper entry (dirfd.go).
 	dirFd cachedDirFd
 	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
@@ -233,8 +236,23 @@ type childInfo struct {
 }
 
 // Lookup finds name in the view: the upper layer first, then the merged
-// lower listing.
+// lower listing. A file found in a directory whose last listing left files
+// bare tells the READDIRPLUS policy (plus.go) that the files are wanted.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	child, errno := n.lookupEntry(ctx, name, out)
+	if errno == 0 && out.Attr.Mode&unix.S_IFMT != unix.S_IFDIR {
+		n.mu.Lock()
+		bare := n.listedBare
+		n.mu.Unlock()
+		if bare {
+			n.u.plus.bareLookedUp()
+		}
+	}
+	return child, errno
+}
+
+// lookupEntry is Lookup without the policy's bookkeeping.
+func (n *node) lookupEntry(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if len(name) > 255 {
 		return nil, syscall.ENAMETOOLONG
 	}

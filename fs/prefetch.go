@@ -212,7 +212,8 @@ func (p *prefetcher) next() (lowerDirSet, string, chan struct{}, bool) {
 }
 
 // warmInodes stats every entry where the view will find it, so the
-// READDIRPLUS that lists the directory finds the inodes in memory, and
+// READDIRPLUS that lists the directory finds the inodes in memory (only
+// the subdirectories while files are listed without attributes), and
 // marks the entries that have no xattrs (ls -l asks every file for
 // security.selinux and its ACLs; their nodes then answer from memory).
 // The listing is still the worker's own, so its entries may change.
@@ -226,8 +227,12 @@ func (p *prefetcher) warmInodes(dirs lowerDirSet, ll *lowerListing) {
 		}
 	}()
 	var st unix.Stat_t
+	files := p.u.plus.filesWanted()
 	for i, name := range ll.names {
 		e := &ll.ents[i]
+		if !files && e.mode != unix.S_IFDIR {
+			continue // listed without attributes, so not stat'ed
+		}
 		li := e.layer
 		fd, ok := fds[li]
 		if !ok {

@@ -34,6 +34,9 @@ type dirHandle struct {
 	n       *node
 	entries []fuse.DirEntry // sorted by Off
 	pos     int
+	// filesWithAttrs: READDIRPLUS looks up files too, not only
+	// directories (plus.go).
+	filesWithAttrs bool
 }
 
 // Cookies of the two dot entries; every name's cookie is above them.
@@ -87,7 +90,27 @@ func (h *dirHandle) load() error {
 		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno, Off: dotDotCookie},
 	}, ents...)
 	h.pos = 0
+	h.decideAttrs(ents)
 	return nil
+}
+
+// decideAttrs asks the READDIRPLUS policy whether this listing's files
+// come with attributes, and tells it how many went bare.
+func (h *dirHandle) decideAttrs(ents []fuse.DirEntry) {
+	h.filesWithAttrs = h.n.u.plus.filesWithAttrs()
+	h.n.mu.Lock()
+	h.n.listedBare = !h.filesWithAttrs
+	h.n.mu.Unlock()
+	if h.filesWithAttrs {
+		return
+	}
+	files := 0
+	for _, e := range ents {
+		if e.Mode&unix.S_IFMT != unix.S_IFDIR {
+			files++
+		}
+	}
+	h.n.u.plus.listedBare(files)
 }
 
 func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {

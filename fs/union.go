@@ -62,6 +62,7 @@ type union struct {
 	dirFds atomic.Int64 // cached directory descriptors (dirfd.go)
 
 	prefetch *prefetcher // builds subdirectory listings ahead (prefetch.go)
+	plus     plusPolicy  // which READDIRPLUS entries carry attributes (plus.go)
 
 	passthrough bool // set once the server knows the kernel supports it
 	server      *fuse.Server
