@@ -104,6 +104,13 @@
 // also note which entries have no xattrs at all; their nodes start with an
 // empty, known xattr name list.
 //
+// READDIRPLUS asks for every entry's attributes. Subdirectories always get
+// them; files get them only while the recent past says they are used (a
+// per-mount policy counts how many files of listings that left them bare
+// were then looked up one by one; plus.go). A find-like walk thus costs
+// no stat and no node per file, and ls -l still gets its attributes in
+// the listing.
+//
 // Directories are never opened in the protocol: OPENDIR is answered ENOSYS
 // once, after which the kernel sends neither OPENDIR nor RELEASEDIR and
 // keeps every listing it has read in its cache (FOPEN_CACHE_DIR|
