@@ -75,7 +75,8 @@
 //     unrelated nodes are never locked together.
 //  3. Leaf locks, never held while taking another: union.nodesMu (the
 //     inode table), union.tmpMu, each node's cached directory
-//     descriptor lock (dirfd.go) and the prefetcher's lock (prefetch.go).
+//     descriptor lock (dirfd.go), the prefetcher's lock (prefetch.go) and
+//     the READDIRPLUS policy's lock (plus.go).
 //
 // # Copy-up
 //
