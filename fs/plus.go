@@ -24,11 +24,11 @@ import (
 //
 // So subdirectories always come with attributes (a walker goes into them
 // next), and files do when the recent past says they will be used: the
-// policy counts, over the listings that left files bare, how many of those
-// files were then looked up one by one. If most were, files come with
-// attributes; every sixteenth listing still leaves them bare to keep
-// measuring, so the policy follows a workload that changes. The counts
-// decay, so the last few hundred files listed bare decide.
+// policy counts, over the listings that left files bare, how many of
+// those files were then looked up one by one. If at least half were, files
+// come with attributes; every sixteenth listing still leaves them bare to
+// keep measuring, so the policy follows a workload that changes. The
+// counts decay, so the last few hundred files listed bare decide.
 type plusPolicy struct {
 	mu       sync.Mutex
 	bare     float64 // files listed without attributes (decayed)
