@@ -202,13 +202,18 @@ func (x *xattrNames) has(dirfd int, name, attr string) bool {
 	return slices.Contains(x.names, attr)
 }
 
+// mayHave reports whether attr may exist: the list is unknown or holds it.
+func (x *xattrNames) mayHave(attr string) bool {
+	return !x.known || slices.Contains(x.names, attr)
+}
+
 // xattrKnownAbsent reports whether the cached name list says the object
 // has no xattr attr: the answer to ls -l's per-file security.selinux
 // question without opening anything.
 func (n *node) xattrKnownAbsent(attr string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.xattrs.known && !slices.Contains(n.xattrs.names, attr)
+	return !n.xattrs.mayHave(attr)
 }
 
 // learnXattrNames fills the xattr name cache of a node just made at

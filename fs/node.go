@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,10 +230,10 @@ type childInfo struct {
 	// inUpper then says whether this name is linked to it yet.
 	index      bool
 	lowerNames uint32
-	// xattrs are the upper entry's xattr names, nil if unknown.
-	xattrs map[string]bool
-	// noXattrs: the lower object is known to have no xattrs.
-	noXattrs bool
+	// xattrs are the object's xattr names as far as the lookup learnt
+	// them (the upper entry's list; none for a lower entry the prefetcher
+	// saw without any); the node starts its cache with them.
+	xattrs xattrNames
 }
 
 // Lookup finds name in the view: the upper layer first, then the merged
@@ -345,31 +346,19 @@ func (u *union) readUpperMeta(dirfd int, name string, ci *childInfo) {
 	// One listxattr tells which bookkeeping xattrs exist; an entry made in
 	// the upper layer (the common case) has none, and then no value is
 	// read.
-	ci.xattrs = listXattrSet(dirfd, name)
-	if ci.xattrs[u.xattrPrefix+"ino"] {
+	if names, err := listXattrNames(dirfd, name); err == nil {
+		ci.xattrs = xattrNames{known: true, names: names}
+	}
+	if slices.Contains(ci.xattrs.names, u.xattrPrefix+"ino") {
 		if v, ok := getxattrString(dirfd, name, u.xattrPrefix+"ino"); ok {
 			if ino, err := strconv.ParseUint(v, 10, 64); err == nil && ino > 1 {
 				ci.ino = ino
 			}
 		}
 	}
-	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG && ci.xattrs[u.overlayNS+"metacopy"] {
+	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG && slices.Contains(ci.xattrs.names, u.overlayNS+"metacopy") {
 		ci.metacopy = true
 	}
-}
-
-// listXattrSet returns the xattr names of dirfd/name; on error, nil (the
-// callers then read what they need directly).
-func listXattrSet(dirfd int, name string) map[string]bool {
-	names, err := listXattrNames(dirfd, name)
-	if err != nil {
-		return nil
-	}
-	set := make(map[string]bool, len(names))
-	for _, n := range names {
-		set[n] = true
-	}
-	return set
 }
 
 // upperDirLowers decides which lower directories merge below an upper one:
@@ -377,7 +366,7 @@ func listXattrSet(dirfd int, name string) map[string]bool {
 // of the same name below.
 func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *childInfo) {
 	// has: the xattr may exist (the name list is unknown, or lists it).
-	has := func(attr string) bool { return ci.xattrs == nil || ci.xattrs[attr] }
+	has := ci.xattrs.mayHave
 	if has(n.u.overlayNS + "opaque") {
 		if v, ok := getxattrString(dirfd, name, n.u.overlayNS+"opaque"); ok && v == "y" {
 			ci.opaque = true
@@ -478,7 +467,7 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 		return nil, fmt.Errorf("stat lower %q: %w", ref.rel, err)
 	}
 	ci.ino = l.foldIno(ci.st.Ino)
-	ci.noXattrs = e.noXattrs
+	ci.xattrs.known = e.noXattrs
 	if e.mode == unix.S_IFDIR {
 		ci.dirs = n.lowerDirs.child(name, e.dirLayers)
 	}
@@ -505,7 +494,10 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
 		anonFd: -1,
 	}
-	fresh.xattrs.known = ci.noXattrs && !ci.inUpper && !ci.index
+	if !ci.index {
+		// An index entry's xattrs are those of its copy in the work dir.
+		fresh.xattrs = ci.xattrs
+	}
 	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
 	return fresh
