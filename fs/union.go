@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-fs/strata/fuseloop"
 	"github.com/strata-fs/strata/whiteout"
 )
 
@@ -280,7 +281,25 @@ const cacheTimeout = time.Hour
 // Server is a mounted union.
 type Server struct {
 	*fuse.Server
-	u *union
+	u    *union
+	loop *fuseloop.Mounted // nil when go-fuse serves (see serve)
+}
+
+// Unmount unmounts and waits until every request is answered.
+func (s *Server) Unmount() error {
+	if s.loop != nil {
+		return s.loop.Unmount()
+	}
+	return s.Server.Unmount()
+}
+
+// Wait returns when the mount is gone and every request is answered.
+func (s *Server) Wait() {
+	if s.loop != nil {
+		s.loop.Wait()
+		return
+	}
+	s.Server.Wait()
 }
 
 // MountOptions are the FUSE-level options of a mount.
@@ -371,26 +390,40 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	u.server = srv
+	srv.u = u
+	u.server = srv.Server
 	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && os.Getenv("STRATA_NO_PASSTHROUGH") == ""
-	return &Server{Server: srv, u: u}, nil
+	return srv, nil
 }
 
 // serve mounts the node tree with directories served without opens
 // (openlessDirs), on readers that yield now and then (yield.go), and
 // returns once the kernel has answered INIT.
-func serve(mountpoint string, root *node, opts *gofs.Options) (*fuse.Server, error) {
+//
+// As root the mount is made here and requests are read by fuseloop, one
+// reader at a time; go-fuse then only negotiates INIT and sends
+// notifications, on the same descriptor (the magic /dev/fd/N mount
+// point). Other users mount through fusermount3, which go-fuse drives, and
+// go-fuse's own loop serves.
+func serve(mountpoint string, root *node, opts *gofs.Options) (*Server, error) {
 	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
-	srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+	if os.Geteuid() != 0 {
+		srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+		if err != nil {
+			return nil, err
+		}
+		go srv.Serve()
+		if err := srv.WaitMount(); err != nil {
+			// The serve loop ends by itself once the mount is gone.
+			return nil, err
+		}
+		return &Server{Server: srv}, nil
+	}
+	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions)
 	if err != nil {
 		return nil, err
 	}
-	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		// The serve loop ends by itself once the mount is gone.
-		return nil, err
-	}
-	return srv, nil
+	return &Server{Server: m.Server, loop: m}, nil
 }
 
 // mountFlags turns mount(2) option words into MS_* flags. The result is

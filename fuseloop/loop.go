@@ -1,0 +1,293 @@
+// Package fuseloop reads FUSE requests from a /dev/fuse descriptor and
+// answers them with a go-fuse RawFileSystem, on as few threads as the
+// load allows.
+//
+// # Why not go-fuse's own loop
+//
+// go-fuse keeps at least one goroutine blocked in read(2) on /dev/fuse
+// while another handles a request. Every request that arrives while one
+// is being handled then wakes a second thread, and the kernel hands
+// consecutive requests to alternating threads. On a small virtual
+// machine a thread wake-up costs more than most requests: grep -r over a
+// freshly unpacked tree spent half of the daemon's CPU time in context
+// switches, twice as many as a single-threaded server.
+//
+// # Threads
+//
+// One goroutine at a time is the reader: it reads a request and handles
+// it inline, then reads the next, so back-to-back requests are served
+// without waking anyone. Another goroutine becomes the reader when
+//
+//   - the request may take long or wait without bound (a blocking lock,
+//     fsync, data copy-up on an open for writing, FUSE-served reads and
+//     writes, link and rename, which can copy up): the reader starts a
+//     new reader first and ends after answering;
+//   - an inline request is still running after stallAfter (a cold disk, a
+//     slow backing filesystem): the stall guard starts a new reader, and
+//     the stalled goroutine ends after answering.
+//
+// The reader token is inlineSince: the start time of the request the
+// reader handles inline, or 0. Whoever swaps it from that start time to 0
+// decides: the reader that finishes first keeps reading, the guard that
+// gets there first hands reading to a new goroutine.
+//
+// # Protocol
+//
+// go-fuse mounts, negotiates INIT and sends notifications on the same
+// descriptor (the server is created on the magic /dev/fd/N mount point
+// and never serves). Requests are decoded into go-fuse's In structs,
+// which mirror the kernel ABI; the fixed part of each request is copied
+// into a zeroed buffer first, because some kernel structs are shorter
+// than go-fuse's (RENAME's fuse_rename_in, SETXATTR without
+// SETXATTR_EXT). INTERRUPT is answered ENOSYS, which turns interrupts off
+// for the connection: no handler here can be cancelled, and answering
+// them costs a round trip each (Go programs get them from the runtime's
+// preemption signals).
+package fuseloop
+
+import (
+	"log"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Options tune a Loop.
+type Options struct {
+	// MaxWrite is the mount's max_write: the largest WRITE payload.
+	MaxWrite int
+	// Debug logs every request and reply.
+	Debug  bool
+	Logger *log.Logger
+}
+
+// stallAfter is how long an inline request may run before another
+// goroutine starts reading; stallCheck is how often the guard looks
+// while requests come in, idleCheck while none do.
+const (
+	stallAfter = 2 * time.Millisecond
+	stallCheck = 2 * time.Millisecond
+	idleCheck  = 50 * time.Millisecond
+	// idleRounds is how many checks without requests make the guard
+	// check less often.
+	idleRounds = 25
+)
+
+// Loop serves one FUSE connection.
+type Loop struct {
+	fd    int
+	fs    fuse.RawFileSystem
+	opts  Options
+	epoch time.Time
+
+	inlineSince atomic.Int64  // reader token, see the package doc
+	served      atomic.Uint64 // requests read, for the guard's pace
+	done        chan struct{} // closed when the connection ends
+	doneOnce    sync.Once
+	goroutines  sync.WaitGroup
+	buffers     sync.Pool // *[]byte of bufSize
+	bufSize     int
+}
+
+// Serve starts serving the connection on fd and returns at once; Wait
+// returns when the connection has ended and every request is answered.
+// The caller keeps fd open until then.
+func Serve(fd int, fs fuse.RawFileSystem, opts Options) *Loop {
+	if opts.Logger == nil {
+		opts.Logger = log.New(os.Stderr, "", log.LstdFlags)
+	}
+	l := &Loop{fd: fd, fs: fs, opts: opts, epoch: time.Now(), done: make(chan struct{})}
+	// The kernel refuses reads into buffers that cannot hold a header,
+	// a WRITE's arguments and max_write bytes of data.
+	l.bufSize = max(opts.MaxWrite, 128<<10) + 4096
+	l.buffers.New = func() any { b := make([]byte, l.bufSize); return &b }
+	l.goroutines.Add(2)
+	go l.guard()
+	go l.read()
+	return l
+}
+
+// Wait blocks until the connection has ended and all handlers returned.
+func (l *Loop) Wait() { l.goroutines.Wait() }
+
+// now is a monotonic clock that never returns 0 (0 means "no token").
+func (l *Loop) now() int64 { return int64(time.Since(l.epoch)) + 1 }
+
+// startReader makes a new goroutine the reader.
+func (l *Loop) startReader() {
+	l.goroutines.Add(1)
+	go l.read()
+}
+
+// read is the reader's loop (see the package doc).
+func (l *Loop) read() {
+	defer l.goroutines.Done()
+	bp := l.buffers.Get().(*[]byte)
+	defer l.buffers.Put(bp)
+	r := &request{loop: l}
+	for {
+		n, err := l.readRequest(*bp)
+		if err != nil {
+			l.end(err)
+			return
+		}
+		if n == 0 {
+			continue
+		}
+		l.served.Add(1)
+		req := (*bp)[:n]
+		if mayBlock(req) {
+			l.startReader()
+			l.handle(req, r)
+			return
+		}
+		start := l.now()
+		l.inlineSince.Store(start)
+		l.handle(req, r)
+		if !l.inlineSince.CompareAndSwap(start, 0) {
+			return // the guard made another goroutine the reader
+		}
+	}
+}
+
+// readRequest reads one request; n == 0 with a nil error means "read
+// again" (the kernel dropped an interrupted request, or a signal came).
+func (l *Loop) readRequest(buf []byte) (int, error) {
+	n, err := syscall.Read(l.fd, buf)
+	switch {
+	case err == syscall.EINTR || err == syscall.ENOENT || err == syscall.EAGAIN:
+		return 0, nil
+	case err != nil:
+		return 0, err
+	case n < int(unsafe.Sizeof(fuse.InHeader{})):
+		l.opts.Logger.Printf("fuseloop: short request of %d bytes", n)
+		return 0, nil
+	}
+	return n, nil
+}
+
+// end records that the connection is over. ENODEV is the normal end
+// (unmounted or aborted).
+func (l *Loop) end(err error) {
+	if err != syscall.ENODEV {
+		l.opts.Logger.Printf("fuseloop: reading /dev/fuse: %v", err)
+	}
+	l.doneOnce.Do(func() { close(l.done) })
+}
+
+// guard hands reading to a new goroutine when an inline request stalls.
+func (l *Loop) guard() {
+	defer l.goroutines.Done()
+	timer := time.NewTimer(stallCheck)
+	defer timer.Stop()
+	lastServed, quiet := l.served.Load(), 0
+	for {
+		select {
+		case <-l.done:
+			return
+		case <-timer.C:
+		}
+		since := l.inlineSince.Load()
+		if since != 0 && l.now()-since >= int64(stallAfter) && l.inlineSince.CompareAndSwap(since, 0) {
+			l.startReader()
+		}
+		served := l.served.Load()
+		if served == lastServed && since == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		lastServed = served
+		next := stallCheck
+		if quiet > idleRounds {
+			next = idleCheck
+		}
+		timer.Reset(next)
+	}
+}
+
+// reply sends the answer to the request with the given unique id: the
+// header, the fixed out struct and the payload, in one writev.
+func (l *Loop) reply(unique uint64, status fuse.Status, out, data []byte) {
+	if status != fuse.OK {
+		out, data = nil, nil
+	}
+	var hdr fuse.OutHeader
+	hdr.Unique = unique
+	hdr.Status = -int32(status)
+	hdr.Length = uint32(int(unsafe.Sizeof(hdr)) + len(out) + len(data))
+	iov := [3]unix.Iovec{{Base: (*byte)(unsafe.Pointer(&hdr))}}
+	iov[0].SetLen(int(unsafe.Sizeof(hdr)))
+	cnt := 1
+	for _, b := range [][]byte{out, data} {
+		if len(b) > 0 {
+			iov[cnt].Base = &b[0]
+			iov[cnt].SetLen(len(b))
+			cnt++
+		}
+	}
+	_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(l.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(cnt))
+	// ENOENT: the request was interrupted or the mount went away meanwhile.
+	if errno != 0 && errno != unix.ENOENT && errno != unix.ENODEV {
+		l.opts.Logger.Printf("fuseloop: reply to %d: %v", unique, errno)
+	}
+	if l.opts.Debug {
+		l.opts.Logger.Printf("tx %d: %v, %d+%d bytes", unique, status, len(out), len(data))
+	}
+}
+
+// handle decodes, serves and answers one request.
+func (l *Loop) handle(req []byte, r *request) {
+	hdr := (*fuse.InHeader)(unsafe.Pointer(&req[0]))
+	unique, opcode, nodeID := hdr.Unique, hdr.Opcode, hdr.NodeId
+	o := opFor(opcode)
+	r.reset()
+	status := r.decode(req, o)
+	if l.opts.Debug {
+		l.opts.Logger.Printf("rx %d: %s n%d %q", unique, o.name, nodeID, r.names[:o.names])
+	}
+	if status == fuse.OK {
+		status = l.serve(r, o)
+	}
+	if !o.noReply {
+		l.reply(unique, status, r.out, r.data)
+	}
+	if r.result != nil {
+		r.result.Done()
+	}
+	if r.pooled != nil {
+		l.buffers.Put(r.pooled)
+	}
+	r.reset()
+}
+
+// serve calls the operation, turning a panic into EIO so that one bad
+// request does not take the mount down.
+func (l *Loop) serve(r *request, o *op) (status fuse.Status) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.opts.Logger.Printf("fuseloop: %s panicked: %v", o.name, p)
+			status = fuse.EIO
+		}
+	}()
+	if o.serve == nil {
+		return fuse.ENOSYS
+	}
+	return o.serve(r)
+}
+
+// payloadBuffer returns a pooled buffer of n bytes for a reply payload.
+func (r *request) payloadBuffer(n int) []byte {
+	if n > r.loop.bufSize {
+		return make([]byte, n)
+	}
+	bp := r.loop.buffers.Get().(*[]byte)
+	r.pooled = bp
+	return (*bp)[:n]
+}
