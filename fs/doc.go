@@ -152,6 +152,18 @@
 // supersedes it, because go-fuse and the kernel both misbehave when one
 // inode mixes them (file.go, openState).
 //
+// # Serving
+//
+// As root, Mount makes the mount itself and package fuseloop reads the
+// requests: one goroutine reads and answers them in turn, and hands
+// reading to another goroutine only for requests that may wait (locks,
+// fsync, data copy-up) or that stall, because on small machines a thread
+// wake-up per request costs more than the request. go-fuse's node bridge
+// (gofs.NewNodeFS) still turns requests into calls on nodes, and its
+// server negotiates INIT and sends notifications. Unprivileged mounts go
+// through fusermount3 and go-fuse's own loop. The request path is
+// yieldingFS (yield.go) over openlessDirs (dircursor.go) over the bridge.
+//
 // # Errors
 //
 // Inside the package functions return errors wrapped with %w; the FUSE

@@ -10,8 +10,9 @@ import (
 
 // Yielding /dev/fuse readers.
 //
-// go-fuse serves each request on the goroutine that read it, and that
-// goroutine goes straight back to read(2) on /dev/fuse. To Go's scheduler
+// Requests are served on the goroutine that read them (fuseloop; go-fuse's
+// own loop for unprivileged mounts), and that goroutine goes straight back
+// to read(2) on /dev/fuse. To Go's scheduler
 // such a reader is one goroutine that never stops running: system calls
 // that return quickly keep their P and do not count as scheduling. After
 // 10 ms of that, the runtime's sysmon thread preempts it with a signal and

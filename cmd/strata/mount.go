@@ -270,9 +270,11 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	return nil
 }
 
-// withFewReaders runs mount so that go-fuse keeps two goroutines blocked
-// reading /dev/fuse (it sizes its readers by GOMAXPROCS at server creation)
-// and then gives the scheduler more Ps than readers. A reader blocked in
+// withFewReaders runs mount so that go-fuse's loop, which serves
+// unprivileged mounts, keeps two goroutines blocked reading /dev/fuse (it
+// sizes its readers by GOMAXPROCS at server creation) and then gives the
+// scheduler more Ps than readers. (Root mounts are read by fuseloop, one
+// reader at a time, and only get the Ps.) A reader blocked in
 // read(2) holds its P; with every P held that way the runtime's sysmon
 // keeps taking them back every 20 µs, and on this kind of 2-CPU VM those
 // wake-ups cost more than the requests (a warm ls -lR over 50,000 entries
