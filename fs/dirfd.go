@@ -40,6 +40,20 @@ func (c *cachedDirFd) dup() (int, bool) {
 	return fd, true
 }
 
+// with calls fn with the cached descriptor itself, saving the dup and the
+// close, and reports whether there was one. fn runs under the leaf lock
+// (so the descriptor cannot be dropped meanwhile) and must only make
+// system calls on it.
+func (c *cachedDirFd) with(fn func(fd int)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd <= 0 {
+		return false
+	}
+	fn(c.fd)
+	return true
+}
+
 // keep caches a duplicate of fd, if there is room.
 func (c *cachedDirFd) keep(u *union, fd int) {
 	if u.dirFds.Add(1) > maxDirFds {

@@ -137,12 +137,7 @@ func (n *node) open(flags int) (*file, error) {
 	}
 	openFlags := flags&openFlagsKept | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	if n.inUpper && !(n.metacopy && !wantsUpper) {
-		dirfd, name, err := n.openObject()
-		if err != nil {
-			return nil, err
-		}
-		defer unix.Close(dirfd)
-		fd, err := unix.Openat(dirfd, name, openFlags, 0)
+		fd, err := n.openUpperObject(openFlags)
 		if err != nil {
 			return nil, fmt.Errorf("open upper: %w", err)
 		}
@@ -160,6 +155,24 @@ func (n *node) open(flags int) (*file, error) {
 		return nil, fmt.Errorf("open lower: %w", err)
 	}
 	return &file{n: n, fd: fd}, nil
+}
+
+// openUpperObject opens the node's upper object. Caller holds u.treeMu
+// shared and n.mu.
+func (n *node) openUpperObject(flags int) (int, error) {
+	if !n.index && n.parent != nil {
+		// The common case, through the parent's cached descriptor.
+		fd, err := -1, error(nil)
+		if n.parent.dirFd.with(func(dirfd int) { fd, err = unix.Openat(dirfd, n.name, flags, 0) }) {
+			return fd, err
+		}
+	}
+	dirfd, name, err := n.openObject()
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dirfd)
+	return unix.Openat(dirfd, name, flags, 0)
 }
 
 // handOut hands the open file to the kernel, by passthrough where it can.

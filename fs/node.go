@@ -300,6 +300,22 @@ func (n *node) lookupLocked(name string) (*childInfo, error) {
 // lookupUpper checks the upper directory for name. found is false when the
 // upper has no entry; a whiteout is found and answers ENOENT.
 func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool, error) {
+	// Most upper lookups of a name find nothing (a lower entry, or a new
+	// file being created): answer those through the cached descriptor.
+	var absent, whited bool
+	n.dirFd.with(func(dirfd int) {
+		var st unix.Stat_t
+		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == unix.ENOENT {
+			absent = true
+			whited = n.u.wfmt == whiteout.FormatOCI && n.hasOCIWhiteout(dirfd, name)
+		}
+	})
+	switch {
+	case whited:
+		return nil, true, unix.ENOENT
+	case absent:
+		return nil, false, nil
+	}
 	dirfd, err := n.openUpperDir()
 	if err != nil {
 		return nil, false, fmt.Errorf("open upper dir: %w", err)
