@@ -261,6 +261,11 @@ func (n *node) withObject(upper bool, fn func(dirfd int, name string) error) err
 	defer n.u.treeMu.RUnlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if upper || n.inUpper {
+		if done, err := n.withCachedUpperParent(fn); done {
+			return err
+		}
+	}
 	open := n.objectAt
 	if upper {
 		open = n.openObject

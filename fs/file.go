@@ -160,12 +160,13 @@ func (n *node) open(flags int) (*file, error) {
 // openUpperObject opens the node's upper object. Caller holds u.treeMu
 // shared and n.mu.
 func (n *node) openUpperObject(flags int) (int, error) {
-	if !n.index && n.parent != nil {
-		// The common case, through the parent's cached descriptor.
-		fd, err := -1, error(nil)
-		if n.parent.dirFd.with(func(dirfd int) { fd, err = unix.Openat(dirfd, n.name, flags, 0) }) {
-			return fd, err
-		}
+	fd := -1
+	if done, err := n.withCachedUpperParent(func(dirfd int, name string) error {
+		var err error
+		fd, err = unix.Openat(dirfd, name, flags, 0)
+		return err
+	}); done {
+		return fd, err
 	}
 	dirfd, name, err := n.openObject()
 	if err != nil {

@@ -180,6 +180,20 @@ func (n *node) openUpperParent() (int, string, error) {
 	return fd, n.name, err
 }
 
+// withCachedUpperParent runs fn on the node's upper entry through its
+// parent's cached descriptor, without duplicating it, and reports whether
+// it could (the parent has one, and the object is not an index entry).
+// fn runs under that descriptor's leaf lock, so it must only make system
+// calls and touch n's own fields. Caller holds u.treeMu shared and n.mu.
+func (n *node) withCachedUpperParent(fn func(dirfd int, name string) error) (bool, error) {
+	if n.index || n.parent == nil {
+		return false, nil
+	}
+	var err error
+	done := n.parent.dirFd.with(func(dirfd int) { err = fn(dirfd, n.name) })
+	return done, err
+}
+
 // openObject opens the directory holding the node's upper object and
 // returns it with the object's name there: the index entry for a hard-linked
 // lower file that was copied up, else the node's own upper entry. Caller
@@ -602,16 +616,8 @@ func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 // one, else the lower one. Caller holds u.treeMu shared and n.mu.
 func (n *node) statLocked(st *unix.Stat_t) error {
 	if n.inUpper {
-		dirfd, name, err := n.openObject()
-		if err != nil {
-			return fmt.Errorf("open upper parent: %w", err)
-		}
-		defer unix.Close(dirfd)
-		if name == "" {
-			return unix.Fstat(dirfd, st)
-		}
-		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fmt.Errorf("stat upper: %w", err)
+		if err := n.statUpper(st); err != nil {
+			return err
 		}
 		if n.metacopy {
 			n.lowerBlocks(st)
@@ -619,6 +625,29 @@ func (n *node) statLocked(st *unix.Stat_t) error {
 		return nil
 	}
 	return n.statLower(st)
+}
+
+// statUpper stats the node's upper object. Caller holds u.treeMu shared
+// and n.mu.
+func (n *node) statUpper(st *unix.Stat_t) error {
+	statAt := func(dirfd int, name string) error {
+		if name == "" {
+			return unix.Fstat(dirfd, st)
+		}
+		if err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("stat upper: %w", err)
+		}
+		return nil
+	}
+	if done, err := n.withCachedUpperParent(statAt); done {
+		return err
+	}
+	dirfd, name, err := n.openObject()
+	if err != nil {
+		return fmt.Errorf("open upper parent: %w", err)
+	}
+	defer unix.Close(dirfd)
+	return statAt(dirfd, name)
 }
 
 func (n *node) statLower(st *unix.Stat_t) error {
