@@ -11,8 +11,10 @@ import (
 // Every operation that touches the upper layer needs a descriptor of an
 // upper directory, and resolving its path from the upper root with openat2
 // walks every component again. A directory node therefore keeps one
-// descriptor of its upper directory while the kernel holds the node, and
-// hands out duplicates. A descriptor follows its directory through renames,
+// descriptor of its upper directory while the kernel holds the node. It
+// lends that descriptor, under its leaf lock, to code that only makes
+// system calls on it (cachedDirFd.with: a lookup, open, stat, setattr or
+// xattr call on a child), and hands out duplicates to the rest. A descriptor follows its directory through renames,
 // so it never goes stale the way a path would; a removed directory's node
 // is detached and no longer asked. The number kept is bounded (maxDirFds)
 // so a walk over a huge tree cannot exhaust the process's descriptors.
