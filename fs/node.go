@@ -314,37 +314,46 @@ func (n *node) lookupLocked(name string) (*childInfo, error) {
 // lookupUpper checks the upper directory for name. found is false when the
 // upper has no entry; a whiteout is found and answers ENOENT.
 func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool, error) {
-	// Most upper lookups of a name find nothing (a lower entry, or a new
-	// file being created): answer those through the cached descriptor.
-	var absent, whited bool
-	n.dirFd.with(func(dirfd int) {
-		var st unix.Stat_t
-		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == unix.ENOENT {
-			absent = true
-			whited = n.u.wfmt == whiteout.FormatOCI && n.hasOCIWhiteout(dirfd, name)
+	// The name is stat'ed once: through the cached descriptor when there
+	// is one, which answers the common case (nothing in the upper layer:
+	// a lower entry, or a new file being created) without opening
+	// anything; an entry that is there needs a descriptor of its own for
+	// the rest.
+	ci := &childInfo{inUpper: true}
+	var statErr error
+	var whited bool
+	statName := func(dirfd int) {
+		statErr = unix.Fstatat(dirfd, name, &ci.st, unix.AT_SYMLINK_NOFOLLOW)
+		if errors.Is(statErr, unix.ENOENT) && n.u.wfmt == whiteout.FormatOCI {
+			whited = n.hasOCIWhiteout(dirfd, name)
 		}
-	})
+	}
+	statted := n.dirFd.with(statName)
+	if !statted || statErr == nil {
+		dirfd, err := n.openUpperDir()
+		if err != nil {
+			return nil, false, fmt.Errorf("open upper dir: %w", err)
+		}
+		defer unix.Close(dirfd)
+		if !statted {
+			statName(dirfd)
+		}
+		if statErr == nil {
+			return n.upperChild(dirfd, name, lowerEnt, ci)
+		}
+	}
 	switch {
 	case whited:
 		return nil, true, unix.ENOENT
-	case absent:
+	case errors.Is(statErr, unix.ENOENT):
 		return nil, false, nil
 	}
-	dirfd, err := n.openUpperDir()
-	if err != nil {
-		return nil, false, fmt.Errorf("open upper dir: %w", err)
-	}
-	defer unix.Close(dirfd)
-	ci := &childInfo{inUpper: true}
-	if err := unix.Fstatat(dirfd, name, &ci.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			if n.u.wfmt == whiteout.FormatOCI && n.hasOCIWhiteout(dirfd, name) {
-				return nil, true, unix.ENOENT
-			}
-			return nil, false, nil
-		}
-		return nil, false, fmt.Errorf("stat upper %q: %w", name, err)
-	}
+	return nil, false, fmt.Errorf("stat upper %q: %w", name, statErr)
+}
+
+// upperChild completes the lookup of an entry found in the upper
+// directory dirfd.
+func (n *node) upperChild(dirfd int, name string, lowerEnt *lowerEntry, ci *childInfo) (*childInfo, bool, error) {
 	if whiteout.IsWhiteout(dirfd, name, &ci.st) {
 		return nil, true, unix.ENOENT
 	}

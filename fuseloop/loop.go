@@ -249,7 +249,6 @@ func (l *Loop) handle(req []byte, r *request) {
 	hdr := (*fuse.InHeader)(unsafe.Pointer(&req[0]))
 	unique, opcode, nodeID := hdr.Unique, hdr.Opcode, hdr.NodeId
 	o := opFor(opcode)
-	r.reset()
 	status := r.decode(req, o)
 	if l.opts.Debug {
 		l.opts.Logger.Printf("rx %d: %s n%d %q", unique, o.name, nodeID, r.names[:o.names])
@@ -266,7 +265,7 @@ func (l *Loop) handle(req []byte, r *request) {
 	if r.pooled != nil {
 		l.buffers.Put(r.pooled)
 	}
-	r.reset()
+	r.reset() // ready for the next request, holding no reply data
 }
 
 // serve calls the operation, turning a panic into EIO so that one bad
