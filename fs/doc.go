@@ -160,7 +160,11 @@
 // fsync, data copy-up) or that stall, because on small machines a thread
 // wake-up per request costs more than the request. go-fuse's node bridge
 // (gofs.NewNodeFS) still turns requests into calls on nodes, and its
-// server negotiates INIT and sends notifications. Unprivileged mounts go
+// server negotiates INIT and sends notifications. Where the kernel offers
+// FUSE over io_uring (the fuse module's enable_uring=Y) requests come
+// through per-CPU rings instead of read(2) on /dev/fuse, served on a
+// thread pinned to the CPU that made them (-o io_uring=off turns this
+// off). Unprivileged mounts go
 // through fusermount3 and go-fuse's own loop. The request path is
 // yieldingFS (yield.go) over openlessDirs (dircursor.go) over the bridge.
 //

@@ -73,6 +73,15 @@ func ParseMountOptions(s string, spec *MountSpec) error {
 			spec.Mount.FsName = val
 		case "debug":
 			spec.Mount.Debug = true
+		case "io_uring":
+			switch val {
+			case "on", "1", "":
+				spec.Mount.NoUring = false
+			case "off", "0":
+				spec.Mount.NoUring = true
+			default:
+				return fmt.Errorf("option %q: want io_uring=on or io_uring=off", opt)
+			}
 		default:
 			switch {
 			case passThroughOptions[key] && !hasVal:

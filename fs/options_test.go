@@ -96,3 +96,16 @@ func FuzzParseMountOptions(f *testing.F) {
 		}
 	})
 }
+
+func TestParseMountOptionsIoUring(t *testing.T) {
+	var spec MountSpec
+	if err := ParseMountOptions("io_uring=off", &spec); err != nil || !spec.Mount.NoUring {
+		t.Errorf("io_uring=off: NoUring %v, err %v", spec.Mount.NoUring, err)
+	}
+	if err := ParseMountOptions("io_uring=on", &spec); err != nil || spec.Mount.NoUring {
+		t.Errorf("io_uring=on: NoUring %v, err %v", spec.Mount.NoUring, err)
+	}
+	if err := ParseMountOptions("io_uring=maybe", &spec); err == nil {
+		t.Error("io_uring=maybe was accepted")
+	}
+}

@@ -311,6 +311,9 @@ type MountOptions struct {
 	// noatime, ro, ...).
 	Extra []string
 	Debug bool
+	// NoUring serves through /dev/fuse even where the kernel offers FUSE
+	// over io_uring (the fuse module's enable_uring parameter).
+	NoUring bool
 }
 
 // Mount serves the union described by cfg at mountpoint and returns once
@@ -385,7 +388,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// fusermount3 turns the words into flags itself.
 		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
 	}
-	srv, err := serve(mountpoint, root, opts)
+	srv, err := serve(mountpoint, root, opts, !mo.NoUring)
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -405,7 +408,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 // notifications, on the same descriptor (the magic /dev/fd/N mount
 // point). Other users mount through fusermount3, which go-fuse drives, and
 // go-fuse's own loop serves.
-func serve(mountpoint string, root *node, opts *gofs.Options) (*Server, error) {
+func serve(mountpoint string, root *node, opts *gofs.Options, uring bool) (*Server, error) {
 	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
 	if os.Geteuid() != 0 {
 		srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
@@ -419,7 +422,7 @@ func serve(mountpoint string, root *node, opts *gofs.Options) (*Server, error) {
 		}
 		return &Server{Server: srv}, nil
 	}
-	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions)
+	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, fuseloop.Options{Uring: uring})
 	if err != nil {
 		return nil, err
 	}

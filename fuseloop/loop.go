@@ -31,6 +31,40 @@
 // decides: the reader that finishes first keeps reading, the guard that
 // gets there first hands reading to a new goroutine.
 //
+// # FUSE over io_uring
+//
+// Where the kernel offers it (fuse.enable_uring=Y, kernel 6.14 and
+// later) and Options.Uring asks for it, Mount makes one io_uring per
+// possible CPU before mounting and offers FUSE_OVER_IO_URING in INIT;
+// the kernel then holds requests until every CPU's queue has entries,
+// and delivers each request on the queue of the CPU that made it
+// (ring.go). A queue's entries are request slots: a header buffer and a
+// payload buffer registered with the kernel; one io_uring_enter commits
+// an answer and fetches the next request, where /dev/fuse takes a
+// read(2) and a writev(2).
+//
+// Each queue has one reaper at a time, a thread locked and pinned to the
+// queue's CPU, which serves requests inline like the /dev/fuse reader,
+// so a request is answered on the CPU that is waiting for it: unpinned,
+// untar and rm -rf ran 50% slower than over /dev/fuse; pinned, 10-40%
+// faster. Requests that may wait go to a goroutine, which hands the
+// answered entry back to the reaper (a no-op submission wakes it); the
+// stall guard hands the reaper role to another pinned thread, as it hands
+// reading to another reader. Only reaper threads submit entries, because
+// the kernel copies each request into its entry as task work on the
+// thread that submitted the entry, and a thread's exit cancels the
+// entries it submitted: reaper threads park, and end only with the queue.
+//
+// The kernel gives a request that found no free entry only to an entry
+// that commits, never to one registered later. When requests that wait
+// (locks, fsync) hold most of a queue's entries, the reaper registers
+// more and "kicks" the queue with a statfs of the mount made on its CPU,
+// whose commit hands a queued request on (ringQueue.kick).
+//
+// FORGET and INTERRUPT still come through /dev/fuse, whose reader keeps
+// running; so do all requests if registering fails, as it does when
+// the kernel refuses the buffers.
+//
 // # Protocol
 //
 // go-fuse mounts, negotiates INIT and sends notifications on the same
@@ -65,6 +99,8 @@ type Options struct {
 	// Debug logs every request and reply.
 	Debug  bool
 	Logger *log.Logger
+	// Uring asks Mount for FUSE over io_uring where the kernel offers it.
+	Uring bool
 }
 
 // stallAfter is how long an inline request may run before another
@@ -90,17 +126,24 @@ type Loop struct {
 
 	inlineSince atomic.Int64  // reader token, see the package doc
 	served      atomic.Uint64 // requests read, for the guard's pace
+	ringServed  atomic.Uint64 // of those, requests that came through a ring
 	done        chan struct{} // closed when the connection ends
 	doneOnce    sync.Once
 	goroutines  sync.WaitGroup
 	buffers     sync.Pool // *[]byte of bufSize
 	bufSize     int
+	rings       *rings // nil without FUSE over io_uring
 }
 
 // Serve starts serving the connection on fd and returns at once; Wait
 // returns when the connection has ended and every request is answered.
 // The caller keeps fd open until then.
 func Serve(fd int, fs fuse.RawFileSystem, opts Options) *Loop {
+	return serve(fd, fs, opts, nil)
+}
+
+// serve starts the /dev/fuse readers and, with rs, the ring queues.
+func serve(fd int, fs fuse.RawFileSystem, opts Options, rs *rings) *Loop {
 	if opts.Logger == nil {
 		opts.Logger = log.New(os.Stderr, "", log.LstdFlags)
 	}
@@ -112,6 +155,10 @@ func Serve(fd int, fs fuse.RawFileSystem, opts Options) *Loop {
 	l.goroutines.Add(2)
 	go l.guard()
 	go l.read()
+	if rs != nil {
+		l.rings = rs
+		rs.start(l)
+	}
 	return l
 }
 
@@ -143,15 +190,15 @@ func (l *Loop) read() {
 			continue
 		}
 		l.served.Add(1)
-		req := (*bp)[:n]
-		if mayBlock(req) {
+		d := l.decode((*bp)[:n], r)
+		if d.status == fuse.OK && mayBlock(r) {
 			l.startReader()
-			l.handle(req, r)
+			l.handle(d, r)
 			return
 		}
 		start := l.now()
 		l.inlineSince.Store(start)
-		l.handle(req, r)
+		l.handle(d, r)
 		if !l.inlineSince.CompareAndSwap(start, 0) {
 			return // the guard made another goroutine the reader
 		}
@@ -195,12 +242,20 @@ func (l *Loop) guard() {
 			return
 		case <-timer.C:
 		}
-		since := l.inlineSince.Load()
-		if since != 0 && l.now()-since >= int64(stallAfter) && l.inlineSince.CompareAndSwap(since, 0) {
+		if l.stalled(&l.inlineSince) {
 			l.startReader()
 		}
+		busy := l.inlineSince.Load() != 0
+		if l.rings != nil {
+			for _, q := range l.rings.queues {
+				if l.stalled(&q.since) {
+					q.handOff()
+				}
+				busy = busy || q.since.Load() != 0
+			}
+		}
 		served := l.served.Load()
-		if served == lastServed && since == 0 {
+		if served == lastServed && !busy {
 			quiet++
 		} else {
 			quiet = 0
@@ -212,6 +267,13 @@ func (l *Loop) guard() {
 		}
 		timer.Reset(next)
 	}
+}
+
+// stalled takes the reader token when its request has run for stallAfter;
+// the caller then makes another goroutine the reader.
+func (l *Loop) stalled(token *atomic.Int64) bool {
+	since := token.Load()
+	return since != 0 && l.now()-since >= int64(stallAfter) && token.CompareAndSwap(since, 0)
 }
 
 // reply sends the answer to the request with the given unique id: the
@@ -244,28 +306,44 @@ func (l *Loop) reply(unique uint64, status fuse.Status, out, data []byte) {
 	}
 }
 
-// handle decodes, serves and answers one request.
-func (l *Loop) handle(req []byte, r *request) {
-	hdr := (*fuse.InHeader)(unsafe.Pointer(&req[0]))
-	unique, opcode, nodeID := hdr.Unique, hdr.Opcode, hdr.NodeId
-	o := opFor(opcode)
-	status := r.decode(req, o)
+// decoded is a request's opcode and whether its arguments made sense.
+type decoded struct {
+	op     *op
+	status fuse.Status
+}
+
+// decode reads one request from /dev/fuse into r.
+func (l *Loop) decode(req []byte, r *request) decoded {
+	o := opFor((*fuse.InHeader)(unsafe.Pointer(&req[0])).Opcode)
+	return decoded{o, r.decode(req, o)}
+}
+
+// handle serves and answers one decoded request from /dev/fuse.
+func (l *Loop) handle(d decoded, r *request) {
+	unique := r.hdr.Unique
 	if l.opts.Debug {
-		l.opts.Logger.Printf("rx %d: %s n%d %q", unique, o.name, nodeID, r.names[:o.names])
+		l.opts.Logger.Printf("rx %d: %s n%d %q", unique, d.op.name, r.hdr.NodeId, r.names[:d.op.names])
 	}
+	status := d.status
 	if status == fuse.OK {
-		status = l.serve(r, o)
+		status = l.serve(r, d.op)
 	}
-	if !o.noReply {
+	if !d.op.noReply {
 		l.reply(unique, status, r.out, r.data)
 	}
+	r.finish()
+}
+
+// finish releases what the answered request held and readies r for the
+// next one.
+func (r *request) finish() {
 	if r.result != nil {
 		r.result.Done()
 	}
 	if r.pooled != nil {
-		l.buffers.Put(r.pooled)
+		r.loop.buffers.Put(r.pooled)
 	}
-	r.reset() // ready for the next request, holding no reply data
+	r.reset()
 }
 
 // serve calls the operation, turning a panic into EIO so that one bad
@@ -281,6 +359,16 @@ func (l *Loop) serve(r *request, o *op) (status fuse.Status) {
 		return fuse.ENOSYS
 	}
 	return o.serve(r)
+}
+
+// replyBuffer returns a buffer of n bytes for a reply that has no fixed
+// out struct: for a ring request, its entry's payload, which the reply is
+// then not copied into.
+func (r *request) replyBuffer(n int) []byte {
+	if r.ent != nil && n <= len(r.ent.payload) {
+		return r.ent.payload[:n]
+	}
+	return r.payloadBuffer(n)
 }
 
 // payloadBuffer returns a pooled buffer of n bytes for a reply payload.

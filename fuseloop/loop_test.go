@@ -3,8 +3,10 @@ package fuseloop
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +22,18 @@ type stallingFS struct {
 	stalled chan struct{} // closed when the stalling lookup has arrived
 	release chan struct{}
 	once    sync.Once
+	syncing atomic.Int32 // fsyncs waiting for release
+}
+
+// Open opens any file; Fsync waits until release is closed.
+func (f *stallingFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	return fuse.OK
+}
+
+func (f *stallingFS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	f.syncing.Add(1)
+	<-f.release
+	return fuse.OK
 }
 
 func (f *stallingFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -51,16 +65,42 @@ func (f *stallingFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fu
 	return fuse.OK
 }
 
-func mountStalling(t *testing.T) (*stallingFS, string, *Mounted) {
+// transports are the two ways requests reach the loop.
+var transports = []struct {
+	name  string
+	uring bool
+}{{"devfuse", false}, {"uring", true}}
+
+// requireUring turns FUSE over io_uring on in the kernel (the fuse
+// module's enable_uring parameter), which only affects mounts that ask for
+// it. It fails the test where the kernel cannot: strata's tests run on
+// kernels that have it.
+func requireUring(t *testing.T) {
+	t.Helper()
+	if UringEnabled() {
+		return
+	}
+	if err := os.WriteFile("/sys/module/fuse/parameters/enable_uring", []byte("Y"), 0); err != nil {
+		t.Fatalf("enabling FUSE over io_uring: %v", err)
+	}
+}
+
+func mountStalling(t *testing.T, uring bool) (*stallingFS, string, *Mounted) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting with mount(2) needs root")
 	}
+	if uring {
+		requireUring(t)
+	}
 	fs := &stallingFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), stalled: make(chan struct{}), release: make(chan struct{})}
 	mnt := t.TempDir()
-	m, err := Mount(fs, mnt, fuse.MountOptions{Name: "fuseloop-test", MaxWrite: 128 << 10})
+	m, err := Mount(fs, mnt, fuse.MountOptions{Name: "fuseloop-test", MaxWrite: 128 << 10}, Options{Uring: uring})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if m.Uring() != uring {
+		t.Fatalf("mounted with io_uring %v, want %v", m.Uring(), uring)
 	}
 	t.Cleanup(func() {
 		fs.once.Do(func() { close(fs.stalled) })
@@ -77,6 +117,26 @@ func mountStalling(t *testing.T) (*stallingFS, string, *Mounted) {
 	return fs, mnt, m
 }
 
+// onCPU runs fn on a thread pinned to cpu, so that with io_uring its
+// requests all arrive on that CPU's queue.
+func onCPU(t *testing.T, cpu int, fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread stays locked, so that it ends with the goroutine
+		// instead of serving others on one CPU.
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			t.Errorf("pinning to CPU %d: %v", cpu, err)
+			return
+		}
+		fn()
+	}()
+	<-done
+}
+
 // failIfStuck fails the test if the stalled lookup is still holding up
 // the others after d, and then releases it, so that a failure shows as an
 // error instead of a stuck test run.
@@ -88,57 +148,118 @@ func failIfStuck(t *testing.T, fs *stallingFS, d time.Duration) *time.Timer {
 }
 
 // A request that stalls must not hold up the others: the stall guard hands
-// reading to another goroutine.
+// reading to another goroutine. The requests are made on one CPU, so that
+// with io_uring they arrive on the same queue.
 func TestStalledRequestDoesNotBlockOthers(t *testing.T) {
-	fs, mnt, _ := mountStalling(t)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			fs, mnt, _ := mountStalling(t, tr.uring)
+			stuck := failIfStuck(t, fs, 30*time.Second)
+
+			stalledDone := make(chan error, 1)
+			go onCPU(t, 0, func() {
+				var st unix.Stat_t
+				stalledDone <- unix.Lstat(filepath.Join(mnt, "stall"), &st)
+			})
+			<-fs.stalled
+
+			onCPU(t, 0, func() {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(mnt, "quick"), &st); err != nil {
+					t.Errorf("lstat while another lookup stalls: %v", err)
+				} else if st.Size != int64(len("quick")) {
+					t.Errorf("size %d, want %d", st.Size, len("quick"))
+				}
+				if err := unix.Lstat(filepath.Join(mnt, "missing1"), &st); err != unix.ENOENT {
+					t.Errorf("lstat of a missing name: %v, want ENOENT", err)
+				}
+			})
+			if stuck.Stop() {
+				close(fs.release)
+			}
+			if err := <-stalledDone; err != nil {
+				t.Errorf("stalled lstat: %v", err)
+			}
+		})
+	}
+}
+
+// Requests that wait (fsync here) each hold a ring entry; more of them
+// than a queue starts with must not starve the requests behind them.
+func TestWaitingRequestsDoNotStarveTheQueue(t *testing.T) {
+	fs, mnt, m := mountStalling(t, true)
 	stuck := failIfStuck(t, fs, 30*time.Second)
-
-	stalledDone := make(chan error, 1)
-	go func() {
+	const waiters = ringInitialEntries + ringSpareEntries
+	var wg sync.WaitGroup
+	for i := 0; i < waiters; i++ {
+		wg.Add(1)
+		// fsync holds the inode's lock: one file each (Lookup numbers
+		// files by name length).
+		name := strings.Repeat("w", i+1)
+		go func() {
+			defer wg.Done()
+			onCPU(t, 0, func() {
+				// Not os.Open: the runtime's poller would register the
+				// descriptor with epoll_ctl, which asks this very
+				// process (FUSE_POLL) while it holds a P.
+				fd, err := unix.Open(filepath.Join(mnt, name), unix.O_RDONLY, 0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer unix.Close(fd)
+				if err := unix.Fsync(fd); err != nil {
+					t.Errorf("fsync: %v", err)
+				}
+			})
+		}()
+	}
+	for fs.syncing.Load() < waiters {
+		time.Sleep(time.Millisecond)
+	}
+	onCPU(t, 0, func() {
 		var st unix.Stat_t
-		stalledDone <- unix.Lstat(filepath.Join(mnt, "stall"), &st)
-	}()
-	<-fs.stalled
-
-	var st unix.Stat_t
-	if err := unix.Lstat(filepath.Join(mnt, "quick"), &st); err != nil {
-		t.Fatalf("lstat while another lookup stalls: %v", err)
-	}
-	if st.Size != int64(len("quick")) {
-		t.Errorf("size %d, want %d", st.Size, len("quick"))
-	}
-	if err := unix.Lstat(filepath.Join(mnt, "missing1"), &st); err != unix.ENOENT {
-		t.Errorf("lstat of a missing name: %v, want ENOENT", err)
-	}
+		if err := unix.Lstat(filepath.Join(mnt, "other"), &st); err != nil {
+			t.Errorf("lstat while %d fsyncs wait: %v", waiters, err)
+		}
+	})
 	if stuck.Stop() {
 		close(fs.release)
 	}
-	if err := <-stalledDone; err != nil {
-		t.Errorf("stalled lstat: %v", err)
+	wg.Wait()
+	if m.RingRequests() == 0 {
+		t.Error("no request came through the ring")
 	}
 }
 
 // Unmount ends the loop: Wait returns and the kernel has no mount left.
 func TestUnmountEndsTheLoop(t *testing.T) {
-	_, mnt, m := mountStalling(t)
-	for i := 0; i < 100; i++ {
-		var st unix.Stat_t
-		if err := unix.Lstat(filepath.Join(mnt, "f"+strings.Repeat("x", i%7)), &st); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := m.Unmount(); err != nil {
-		t.Fatal(err)
-	}
-	m.Wait()
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(mounts), " "+mnt+" ") {
-		t.Errorf("%s still mounted after Unmount", mnt)
-	}
-	if err := m.Unmount(); err != nil {
-		t.Errorf("second Unmount: %v", err)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			_, mnt, m := mountStalling(t, tr.uring)
+			for i := 0; i < 100; i++ {
+				var st unix.Stat_t
+				if err := unix.Lstat(filepath.Join(mnt, "f"+strings.Repeat("x", i%7)), &st); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tr.uring && m.RingRequests() == 0 {
+				t.Error("no request came through the ring")
+			}
+			if err := m.Unmount(); err != nil {
+				t.Fatal(err)
+			}
+			m.Wait()
+			mounts, err := os.ReadFile("/proc/self/mountinfo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(mounts), " "+mnt+" ") {
+				t.Errorf("%s still mounted after Unmount", mnt)
+			}
+			if err := m.Unmount(); err != nil {
+				t.Errorf("second Unmount: %v", err)
+			}
+		})
 	}
 }

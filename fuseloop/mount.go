@@ -2,6 +2,7 @@ package fuseloop
 
 import (
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,18 +18,42 @@ type Mounted struct {
 	// and sends notifications; it never reads requests.
 	*fuse.Server
 	mountpoint string
+	loop       *Loop
 	finished   chan struct{} // closed when the connection is over and cleaned up
 }
 
 // Mount mounts fs at mountpoint with mount(2), which needs root, and serves
-// it with a Loop. It returns once the kernel's INIT is answered.
-func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions) (*Mounted, error) {
+// it with a Loop. It returns once the kernel's INIT is answered. With
+// opts.Uring, requests come through FUSE over io_uring when the kernel
+// offers it (see UringEnabled), and through /dev/fuse otherwise.
+func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions, opts Options) (*Mounted, error) {
 	mp, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return nil, err
 	}
+	opts.MaxWrite, opts.Debug = mo.MaxWrite, mo.Debug
+	if opts.Logger == nil {
+		opts.Logger = mo.Logger
+	}
+	if opts.Logger == nil {
+		opts.Logger = log.New(os.Stderr, "", log.LstdFlags)
+	}
+	// The rings exist before INIT offers them: once INIT has, the kernel
+	// holds every request until the rings are registered.
+	var rs *rings
+	if opts.Uring && UringEnabled() {
+		if rs, err = newRings(ringPayloadSize(mo.MaxWrite)); err != nil {
+			opts.Logger.Printf("fuseloop: FUSE over io_uring unavailable, serving through /dev/fuse: %v", err)
+			rs = nil
+		} else {
+			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
+		}
+	}
 	fd, err := mountDevice(mp, &mo)
 	if err != nil {
+		if rs != nil {
+			rs.close()
+		}
 		return nil, err
 	}
 	// On the magic /dev/fd/N mount point go-fuse takes the descriptor as
@@ -38,12 +63,22 @@ func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions) (*Mou
 	if err != nil {
 		unix.Unmount(mp, unix.MNT_DETACH)
 		unix.Close(fd)
+		if rs != nil {
+			rs.close()
+		}
 		return nil, err
 	}
+	if rs != nil && srv.KernelSettings().Flags64()&fuse.CAP_OVER_IO_URING == 0 {
+		rs.close() // the kernel did not offer it
+		rs = nil
+	}
 	m := &Mounted{Server: srv, mountpoint: mp, finished: make(chan struct{})}
-	loop := Serve(fd, fs, Options{MaxWrite: mo.MaxWrite, Debug: mo.Debug, Logger: mo.Logger})
+	if rs != nil {
+		rs.mountpoint = mp
+	}
+	m.loop = serve(fd, fs, opts, rs)
 	go func() {
-		loop.Wait()
+		m.loop.Wait()
 		// The connection is gone: go-fuse's loop reads ENODEV at once and
 		// closes the descriptor, after any notification in flight.
 		srv.Serve()
@@ -51,6 +86,21 @@ func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions) (*Mou
 	}()
 	return m, nil
 }
+
+// ringPayloadSize is the payload buffer each ring entry needs: the
+// kernel's largest request or reply payload (fs/fuse/dev_uring.c:
+// max(FUSE_MIN_READ_BUFFER, max_write, max_pages pages)); the kernel's
+// default of 32 pages is the floor in case it ignores ours.
+func ringPayloadSize(maxWrite int) int {
+	page := os.Getpagesize()
+	return max(8192, (maxWrite+page-1)/page*page, 32*page)
+}
+
+// Uring tells whether requests come through FUSE over io_uring.
+func (m *Mounted) Uring() bool { return m.loop.rings != nil }
+
+// RingRequests counts the requests served through io_uring so far.
+func (m *Mounted) RingRequests() uint64 { return m.loop.ringServed.Load() }
 
 // Unmount unmounts and waits until every request is answered. A mount
 // that is already gone is not an error.

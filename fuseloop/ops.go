@@ -79,6 +79,7 @@ type request struct {
 	data   []byte
 	result fuse.ReadResult
 	pooled *[]byte
+	ent    *ringEntry // the ring entry the request came in, if any
 }
 
 // op describes one opcode: its fixed argument size in the kernel's ABI,
@@ -106,18 +107,31 @@ func (r *request) reset() {
 	r.rest, r.out, r.data, r.result, r.pooled = nil, nil, nil, nil, nil
 }
 
-// decode splits req into fixed arguments, names and the rest.
+// decode splits req, one request as read from /dev/fuse, into fixed
+// arguments, names and the rest.
 func (r *request) decode(req []byte, o *op) fuse.Status {
 	end := len(req) - int((*fuse.InHeader)(unsafe.Pointer(&req[0])).TotalExtlen)*8
 	fixed := headerSize + o.body
-	if end < fixed || fixed > len(r.arg)*8 {
+	if end < fixed {
+		r.decodeParts(req[:headerSize], nil, nil, &unknownOp)
 		return fuse.EINVAL
 	}
+	return r.decodeParts(req[:headerSize], req[headerSize:fixed], req[fixed:end], o)
+}
+
+// decodeParts reads a request from its header, its fixed arguments and
+// what follows them (names, then data), which the ring delivers apart.
+// The fixed arguments are copied into a zeroed buffer the size of
+// go-fuse's struct; rest is used in place.
+func (r *request) decodeParts(hdr, fixed, rest []byte, o *op) fuse.Status {
 	argBytes := unsafe.Slice((*byte)(unsafe.Pointer(&r.arg[0])), len(r.arg)*8)
 	clear(argBytes)
-	copy(argBytes, req[:fixed])
+	copy(argBytes, hdr)
 	r.hdr = (*fuse.InHeader)(unsafe.Pointer(&r.arg[0]))
-	rest := req[fixed:end]
+	if headerSize+len(fixed) > len(argBytes) {
+		return fuse.EINVAL
+	}
+	copy(argBytes[headerSize:], fixed)
 	for i := 0; i < o.names; i++ {
 		j := bytes.IndexByte(rest, 0)
 		if j < 0 {
@@ -143,26 +157,19 @@ func out[T any](r *request) *T {
 	return (*T)(unsafe.Pointer(&r.outBuf[0]))
 }
 
-// mayBlock tells whether serving req may take long or wait without bound,
-// so that another goroutine should read meanwhile.
-func mayBlock(req []byte) bool {
-	hdr := (*fuse.InHeader)(unsafe.Pointer(&req[0]))
-	switch hdr.Opcode {
+// mayBlock tells whether serving the decoded request may take long or
+// wait without bound, so that another goroutine should read meanwhile.
+func mayBlock(r *request) bool {
+	switch r.hdr.Opcode {
 	case opSetlkw, opFsync, opFsyncdir, opFallocate, opCopyFileRange, opRead, opWrite,
 		opLink, opRename, opRename2, opIoctl, opSyncfs:
 		return true
 	case opOpen:
 		// Opening a lower file for writing copies its data up.
-		if len(req) >= headerSize+4 {
-			flags := *(*uint32)(unsafe.Pointer(&req[headerSize]))
-			return flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_TRUNC) != 0
-		}
+		return in[fuse.OpenIn](r).Flags&(unix.O_WRONLY|unix.O_RDWR|unix.O_TRUNC) != 0
 	case opSetattr:
 		// Truncating a lower file copies its data up.
-		if len(req) >= headerSize+4 {
-			valid := *(*uint32)(unsafe.Pointer(&req[headerSize]))
-			return valid&fuse.FATTR_SIZE != 0
-		}
+		return in[fuse.SetAttrIn](r).Valid&fuse.FATTR_SIZE != 0
 	}
 	return false
 }
@@ -319,7 +326,7 @@ func serveRename(r *request) fuse.Status {
 
 func serveRead(r *request) fuse.Status {
 	args := in[fuse.ReadIn](r)
-	buf := r.payloadBuffer(int(args.Size))
+	buf := r.replyBuffer(int(args.Size))
 	res, st := r.loop.fs.Read(nil, args, buf)
 	if res != nil {
 		r.result = res // Done after the reply is written
@@ -355,7 +362,7 @@ func serveXattrRead(r *request) fuse.Status {
 	size := int(in[fuse.GetXAttrIn](r).Size)
 	var buf []byte
 	if size > 0 {
-		buf = r.payloadBuffer(size)
+		buf = r.replyBuffer(size)
 	}
 	var n uint32
 	var st fuse.Status
@@ -379,7 +386,7 @@ func serveXattrRead(r *request) fuse.Status {
 
 func serveReaddir(r *request) fuse.Status {
 	args := in[fuse.ReadIn](r)
-	list := fuse.NewDirEntryList(r.payloadBuffer(int(args.Size)), args.Offset)
+	list := fuse.NewDirEntryList(r.replyBuffer(int(args.Size)), args.Offset)
 	var st fuse.Status
 	if r.hdr.Opcode == opReaddirplus {
 		st = r.loop.fs.ReadDirPlus(nil, args, list)

@@ -82,7 +82,7 @@ func (w *wire) send(opcode uint32, body, tail []byte) []byte {
 	req.Write(unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), headerSize))
 	req.Write(body)
 	req.Write(tail)
-	w.loop.handle(req.Bytes(), w.req)
+	w.loop.handle(w.loop.decode(req.Bytes(), w.req), w.req)
 	buf := make([]byte, 4096)
 	n, err := unix.Read(w.peer, buf)
 	if err == unix.EAGAIN {
