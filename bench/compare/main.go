@@ -47,6 +47,7 @@ type options struct {
 	profile   string
 	strata    string
 	fuseOvl   string
+	uring     string
 	list      bool
 }
 
@@ -74,6 +75,7 @@ func parseOptions(args []string) (options, error) {
 	fs.StringVar(&o.strata, "strata", "", "strata binary (default: go build ./cmd/strata into the scratch directory)")
 	fs.StringVar(&o.fuseOvl, "fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs binary")
 	fs.StringVar(&o.profile, "profile", "", "record each FUSE daemon with perf into this directory (NAME.perf.data and a flat NAME.txt); adds overhead")
+	fs.StringVar(&o.uring, "io-uring", "on", "FUSE over io_uring for the run (the fuse module's enable_uring, which only strata asks for): on, off, or as-is")
 	fs.BoolVar(&o.list, "list", false, "list the workloads and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -85,6 +87,9 @@ func parseOptions(args []string) (options, error) {
 	}
 	if o.reps < 1 {
 		return o, fmt.Errorf("-reps %d: need at least 1", o.reps)
+	}
+	if !contains([]string{"on", "off", "as-is"}, o.uring) {
+		return o, fmt.Errorf("-io-uring %q: want on, off or as-is", o.uring)
 	}
 	for _, t := range o.targets {
 		if !contains(allTargets, t) {
@@ -115,6 +120,11 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	restoreUring, err := setUring(o.uring)
+	if err != nil {
+		return err
+	}
+	defer restoreUring()
 
 	r, err := prepare(ctx, o)
 	if err != nil {
@@ -228,4 +238,37 @@ func splitList(s string) []string {
 		}
 	}
 	return items
+}
+
+// uringParam is the fuse module's switch for FUSE over io_uring. Only
+// mounts that ask for it use it: strata does, fuse-overlayfs does not.
+const uringParam = "/sys/module/fuse/parameters/enable_uring"
+
+// setUring sets the switch for the run ("as-is" leaves it) and returns
+// what puts the old value back.
+func setUring(mode string) (restore func(), err error) {
+	old, err := os.ReadFile(uringParam)
+	if mode == "as-is" {
+		return func() {}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("-io-uring %s: %w", mode, err)
+	}
+	val := map[string]string{"on": "Y", "off": "N"}[mode]
+	if err := os.WriteFile(uringParam, []byte(val), 0); err != nil {
+		return nil, fmt.Errorf("-io-uring %s: %w", mode, err)
+	}
+	return func() { os.WriteFile(uringParam, old, 0) }, nil
+}
+
+// uringState describes the switch as the run found it.
+func uringState() string {
+	b, err := os.ReadFile(uringParam)
+	if err != nil {
+		return "not in this kernel"
+	}
+	if strings.TrimSpace(string(b)) == "Y" {
+		return "on (enable_uring=Y; strata takes requests through per-CPU rings, fuse-overlayfs through /dev/fuse)"
+	}
+	return "off (enable_uring=N; both FUSE daemons read /dev/fuse)"
 }

@@ -105,6 +105,7 @@ func (r *runner) report(took time.Duration) string {
 	fmt.Fprintf(&b, "- date: %s; run took %v\n", time.Now().Format("2006-01-02 15:04 MST"), took.Round(time.Second))
 	fmt.Fprintf(&b, "- machine: %d CPUs, kernel %s, %s\n", runtime.NumCPU(), kernelRelease(), fsDescription(r.opts.cache))
 	fmt.Fprintf(&b, "- data set: %s\n", r.data.describe())
+	fmt.Fprintf(&b, "- FUSE over io_uring: %s\n", uringState())
 	fmt.Fprintf(&b, "- median of %d repetitions per cell, targets interleaved; cold = fresh mount + dropped caches, warm = the same step again\n", r.opts.reps)
 	if r.opts.profile != "" {
 		fmt.Fprintf(&b, "- FUSE daemons were profiled with perf (profiles in %s): their times carry its overhead\n", r.opts.profile)
