@@ -147,7 +147,7 @@ func serve(fd int, fs fuse.RawFileSystem, opts Options, rs *rings) *Loop {
 	if opts.Logger == nil {
 		opts.Logger = log.New(os.Stderr, "", log.LstdFlags)
 	}
-	l := &Loop{fd: fd, fs: fs, opts: opts, epoch: time.Now(), done: make(chan struct{})}
+	l := &Loop{fd: fd, fs: fs, opts: opts, epoch: time.Now(), done: make(chan struct{}), rings: rs}
 	// The kernel refuses reads into buffers that cannot hold a header,
 	// a WRITE's arguments and max_write bytes of data.
 	l.bufSize = max(opts.MaxWrite, 128<<10) + 4096
@@ -156,7 +156,6 @@ func serve(fd int, fs fuse.RawFileSystem, opts Options, rs *rings) *Loop {
 	go l.guard()
 	go l.read()
 	if rs != nil {
-		l.rings = rs
 		rs.start(l)
 	}
 	return l

@@ -43,7 +43,7 @@ const (
 	ringSQEntries = 64
 	ringCQEntries = 2 * ringMaxEntries
 
-	// wakeTag marks the no-op that wakes a queue's reaper.
+	// wakeTag marks the completion that wakes a queue's reaper.
 	wakeTag = ^uint64(0)
 )
 
@@ -98,6 +98,8 @@ type ringQueue struct {
 	held     atomic.Int32 // entries being served
 	since    atomic.Int64 // the reaper token, as Loop.inlineSince
 	wake     chan struct{}
+	wakeFd   int           // eventfd: written to wake the reaper
+	wakeBuf  []byte        // where the armed read of wakeFd lands, mapped
 	stopped  chan struct{} // closed when the queue has ended
 	stopOnce sync.Once
 	away     sync.WaitGroup // goroutines serving requests that may wait
@@ -166,8 +168,17 @@ func newRings(payloadSize int) (*rings, error) {
 			rs.close()
 			return nil, err
 		}
-		q := &ringQueue{qid: qid, ring: u, payloadSize: payloadSize, wake: make(chan struct{}), stopped: make(chan struct{})}
+		q := &ringQueue{qid: qid, ring: u, payloadSize: payloadSize, wakeFd: -1, wake: make(chan struct{}), stopped: make(chan struct{})}
 		rs.queues = append(rs.queues, q)
+		if q.wakeFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+			rs.close()
+			return nil, fmt.Errorf("eventfd: %w", err)
+		}
+		if q.wakeBuf, err = unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+			rs.close()
+			return nil, fmt.Errorf("map a wake-up buffer: %w", err)
+		}
+		q.wakeBuf = q.wakeBuf[:8]
 		for i := 0; i < ringInitialEntries; i++ {
 			if _, err := q.newEntry(); err != nil {
 				rs.close()
@@ -185,13 +196,20 @@ func (rs *rings) close() {
 	}
 }
 
-// release unmaps the queue's entries and closes its ring.
+// release closes the queue's ring, which cancels the armed wake-up read,
+// then unmaps the buffers.
 func (q *ringQueue) release() {
+	q.ring.close()
 	for _, e := range q.entries {
 		unix.Munmap(e.mem)
 	}
 	q.entries = nil
-	q.ring.close()
+	if q.wakeBuf != nil {
+		unix.Munmap(q.wakeBuf[:cap(q.wakeBuf)])
+	}
+	if q.wakeFd >= 0 {
+		unix.Close(q.wakeFd)
+	}
 }
 
 func (q *ringQueue) newEntry() (*ringEntry, error) {
@@ -240,6 +258,7 @@ func (q *ringQueue) thread(first bool) {
 		return
 	}
 	defer q.loop.goroutines.Done()
+	q.armWake()
 	q.register(q.entries)
 	q.run()
 	q.threads.Wait()
@@ -278,9 +297,9 @@ func (q *ringQueue) register(entries []*ringEntry) {
 	for _, e := range entries {
 		q.live.Add(1)
 		q.submit(func(s *sqe) {
-			s.opcode = opUringCmd
+			s.opcode = uringOpCmd
 			s.fd = int32(q.loop.fd)
-			s.cmdOp = uringCmdRegister
+			s.off = uringCmdRegister
 			s.addr = uint64(uintptr(unsafe.Pointer(&e.iov[0])))
 			s.len = uint32(len(e.iov))
 			s.userData = uint64(e.index)
@@ -320,9 +339,9 @@ func (q *ringQueue) flush(wait bool) {
 func (q *ringQueue) commit(e *ringEntry) {
 	q.held.Add(-1)
 	q.submit(func(s *sqe) {
-		s.opcode = opUringCmd
+		s.opcode = uringOpCmd
 		s.fd = int32(q.loop.fd)
-		s.cmdOp = uringCmdCommitAndFetch
+		s.off = uringCmdCommitAndFetch
 		s.userData = uint64(e.index)
 		c := (*uringCmdReq)(unsafe.Pointer(&s.cmd[0]))
 		c.commitID = e.unique
@@ -342,6 +361,7 @@ func (q *ringQueue) reap() bool {
 		}
 		q.ring.pop()
 		if c.userData == wakeTag {
+			q.armWake() // the ready entries are committed at the top
 			continue
 		}
 		q.mu.Lock()
@@ -441,16 +461,27 @@ func (q *ringQueue) kick() {
 	}()
 }
 
-// answerAway queues e for the reaper to commit and wakes it.
+// answerAway queues e for the reaper to commit and wakes it. It does
+// not submit anything itself: only reaper threads may (see ringQueue).
 func (q *ringQueue) answerAway(e *ringEntry) {
 	q.mu.Lock()
 	q.ready = append(q.ready, e)
 	q.mu.Unlock()
+	one := [8]byte{1}
+	unix.Write(q.wakeFd, one[:])
+}
+
+// armWake has the reaper woken when wakeFd is written: a read of the
+// eventfd, whose completion carries wakeTag.
+func (q *ringQueue) armWake() {
 	q.submit(func(s *sqe) {
-		s.opcode = opNop
+		s.opcode = uringOpRead
+		s.fd = int32(q.wakeFd)
+		s.addr = uint64(uintptr(unsafe.Pointer(&q.wakeBuf[0])))
+		s.len = uint32(len(q.wakeBuf))
+		s.off = ^uint64(0) // the current position: eventfds have none
 		s.userData = wakeTag
 	})
-	q.flush(false)
 }
 
 // commitReady commits the entries answered off the reaper.

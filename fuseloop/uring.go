@@ -26,8 +26,8 @@ const (
 	offCQRing = 0x8000000
 	offSQEs   = 0x10000000
 
-	opNop      = 0  // IORING_OP_NOP
-	opUringCmd = 46 // IORING_OP_URING_CMD
+	uringOpRead = 22 // IORING_OP_READ
+	uringOpCmd  = 46 // IORING_OP_URING_CMD
 
 	sqeSize = 128 // with SQE128
 	cqeSize = 16
@@ -54,8 +54,7 @@ type sqe struct {
 	flags       uint8
 	ioprio      uint16
 	fd          int32
-	cmdOp       uint32 // the low half of off/addr2
-	pad1        uint32
+	off         uint64 // file offset; for URING_CMD, cmd_op in the low half
 	addr        uint64
 	len         uint32
 	opFlags     uint32
