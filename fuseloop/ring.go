@@ -105,6 +105,7 @@ type ringQueue struct {
 	away     sync.WaitGroup // goroutines serving requests that may wait
 	threads  sync.WaitGroup // reaper threads other than the first
 	failed   atomic.Bool    // a registration failed: the kernel serves through /dev/fuse
+	logged   atomic.Bool    // an unexpected ring error was reported
 }
 
 // ringEntry is one registered request slot: a header buffer and a payload
@@ -328,10 +329,18 @@ func (q *ringQueue) submit(fill func(*sqe)) {
 // completion.
 func (q *ringQueue) flush(wait bool) {
 	if err := q.ring.enter(q.ring.unsubmitted(), wait); err != nil {
-		q.loop.opts.Logger.Printf("fuseloop: ring %d: %v", q.qid, err)
+		q.logOnce(err)
 		if !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.EAGAIN) {
 			time.Sleep(time.Millisecond) // do not spin on a broken ring
 		}
+	}
+}
+
+// logOnce reports the first unexpected ring error of the queue; the
+// errors that follow are usually the same one again.
+func (q *ringQueue) logOnce(err error) {
+	if !q.logged.Swap(true) {
+		q.loop.opts.Logger.Printf("fuseloop: ring %d: %v", q.qid, err)
 	}
 }
 
@@ -361,6 +370,10 @@ func (q *ringQueue) reap() bool {
 		}
 		q.ring.pop()
 		if c.userData == wakeTag {
+			if c.res < 0 && c.res != -int32(unix.EINTR) {
+				q.logOnce(fmt.Errorf("wake-up read: %w", unix.Errno(-c.res)))
+				time.Sleep(time.Millisecond) // do not spin on a failing read
+			}
 			q.armWake() // the ready entries are committed at the top
 			continue
 		}
