@@ -37,9 +37,9 @@ const (
 	ringSpareEntries   = 16
 	ringMaxEntries     = 1024
 
-	// Submission slots per queue (commits, registrations and wake-ups
-	// are submitted as they are made) and completion slots, which must
-	// hold one per entry.
+	// Submission slots per queue (commits, registrations and the
+	// wake-up read are submitted as they are made) and completion
+	// slots, which must hold one per entry.
 	ringSQEntries = 64
 	ringCQEntries = 2 * ringMaxEntries
 
@@ -94,10 +94,10 @@ type ringQueue struct {
 	entries []*ringEntry
 	ready   []*ringEntry // answered off the reaper; the reaper commits them
 
-	live     atomic.Int32 // entries the kernel holds or that are being served
-	held     atomic.Int32 // entries being served
-	since    atomic.Int64 // the reaper token, as Loop.inlineSince
-	wake     chan struct{}
+	live     atomic.Int32  // entries the kernel holds or that are being served
+	held     atomic.Int32  // entries being served
+	since    atomic.Int64  // the reaper token, as Loop.inlineSince
+	wake     chan struct{} // hands the reaper role to a parked thread
 	wakeFd   int           // eventfd: written to wake the reaper
 	wakeBuf  []byte        // where the armed read of wakeFd lands, mapped
 	stopped  chan struct{} // closed when the queue has ended
