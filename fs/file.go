@@ -195,7 +195,7 @@ func (n *node) handOut(f *file, checkPrivileged bool) (gofs.FileHandle, uint32, 
 	}
 	want := ioFUSE
 	switch {
-	case !n.u.passthrough || (checkPrivileged && f.writesPrivileged()):
+	case !n.u.passthrough.Load() || (checkPrivileged && f.writesPrivileged()):
 	case f.upper:
 		want = ioPassthroughUpper
 	default:

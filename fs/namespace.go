@@ -423,7 +423,11 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	}
 	if child := n.GetChild(name); child != nil {
 		if c, ok := child.Operations().(*node); ok {
+			// Other requests read c.parent under c.mu and treeMu
+			// held shared, as here.
+			c.mu.Lock()
 			c.detachFrom(n, name)
+			c.mu.Unlock()
 		}
 	}
 	return nil
@@ -486,7 +490,8 @@ func (n *node) removeUpper(dirfd int, name string, inUpper, isDir, needWhiteout 
 }
 
 // detachFrom forgets the name parent/name of a node that was removed or
-// replaced there, unless the node was renamed away meanwhile.
+// replaced there, unless the node was renamed away meanwhile. Caller
+// holds u.treeMu exclusively, or shared and n.mu.
 func (n *node) detachFrom(parent *node, name string) {
 	if n.parent == parent && n.name == name {
 		n.parent = nil

@@ -30,7 +30,8 @@ type node struct {
 	gen  uint64 // FUSE generation; a superseded node's successor has +1
 
 	// parent and name are one name of this node in the view, the one used
-	// to reach its upper entry. Guarded by u.treeMu.
+	// to reach its upper entry. Written with u.treeMu held exclusively, or
+	// held shared together with mu (an unlink detaching the node).
 	parent *node
 	name   string
 

@@ -65,8 +65,10 @@ type union struct {
 	prefetch *prefetcher // builds subdirectory listings ahead (prefetch.go)
 	plus     plusPolicy  // which READDIRPLUS entries carry attributes (plus.go)
 
-	passthrough bool // set once the server knows the kernel supports it
-	server      *fuse.Server
+	// passthrough: the kernel agreed to FUSE passthrough in INIT (and
+	// STRATA_NO_PASSTHROUGH is unset). Set before the first request is
+	// served as root, right after INIT otherwise.
+	passthrough atomic.Bool
 }
 
 // Errors for a stack that cannot be mounted; the CLI prints them as they are.
@@ -388,14 +390,12 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// fusermount3 turns the words into flags itself.
 		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
 	}
-	srv, err := serve(mountpoint, root, opts, !mo.NoUring)
+	srv, err := serve(mountpoint, root, opts, !mo.NoUring, u.negotiated)
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
 	srv.u = u
-	u.server = srv.Server
-	u.passthrough = srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && os.Getenv("STRATA_NO_PASSTHROUGH") == ""
 	return srv, nil
 }
 
@@ -408,7 +408,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 // notifications, on the same descriptor (the magic /dev/fd/N mount
 // point). Other users mount through fusermount3, which go-fuse drives, and
 // go-fuse's own loop serves.
-func serve(mountpoint string, root *node, opts *gofs.Options, uring bool) (*Server, error) {
+func serve(mountpoint string, root *node, opts *gofs.Options, uring bool, negotiated func(*fuse.Server)) (*Server, error) {
 	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
 	if os.Geteuid() != 0 {
 		srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
@@ -420,13 +420,19 @@ func serve(mountpoint string, root *node, opts *gofs.Options, uring bool) (*Serv
 			// The serve loop ends by itself once the mount is gone.
 			return nil, err
 		}
+		negotiated(srv) // go-fuse serves from INIT on: the first opens may not pass through
 		return &Server{Server: srv}, nil
 	}
-	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, fuseloop.Options{Uring: uring})
+	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, fuseloop.Options{Uring: uring, Negotiated: negotiated})
 	if err != nil {
 		return nil, err
 	}
 	return &Server{Server: m.Server, loop: m}, nil
+}
+
+// negotiated records what the kernel agreed to in INIT.
+func (u *union) negotiated(srv *fuse.Server) {
+	u.passthrough.Store(srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0 && os.Getenv("STRATA_NO_PASSTHROUGH") == "")
 }
 
 // mountFlags turns mount(2) option words into MS_* flags. The result is

@@ -102,6 +102,9 @@ type Options struct {
 	Logger *log.Logger
 	// Uring asks Mount for FUSE over io_uring where the kernel offers it.
 	Uring bool
+	// Negotiated, if set, is called by Mount once INIT is answered and
+	// before any other request is served.
+	Negotiated func(*fuse.Server)
 }
 
 // stallAfter is how long an inline request may run before another

@@ -72,6 +72,9 @@ func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions, opts 
 		rs.close() // the kernel did not offer it
 		rs = nil
 	}
+	if opts.Negotiated != nil {
+		opts.Negotiated(srv)
+	}
 	m := &Mounted{Server: srv, mountpoint: mp, finished: make(chan struct{})}
 	if rs != nil {
 		rs.mountpoint = mp
