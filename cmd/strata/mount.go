@@ -147,7 +147,7 @@ func preflight(mountpoint string) error {
 	// kernel's attribute cache), so it tells a dead FUSE mount reliably.
 	var sfs unix.Statfs_t
 	err := unix.Statfs(mountpoint, &sfs)
-	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
+	if deadFUSE(err) {
 		// "Transport endpoint is not connected": the daemon died.
 		if uerr := unix.Unmount(mountpoint, unix.MNT_DETACH); uerr != nil {
 			return fmt.Errorf("mountpoint %s is a dead FUSE mount and could not be cleared: %w", mountpoint, uerr)
@@ -330,4 +330,12 @@ func readyPipe() *os.File {
 	}
 	os.Unsetenv(daemonReadyEnv)
 	return os.NewFile(3, "ready")
+}
+
+// deadFUSE tells whether err from a FUSE mount says its daemon is gone:
+// ENOTCONN once the kernel has torn the connection down; ECONNABORTED or
+// ECANCELED for a request that raced the teardown of a daemon's io_uring
+// queues.
+func deadFUSE(err error) bool {
+	return errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ECANCELED)
 }
