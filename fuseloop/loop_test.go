@@ -72,17 +72,21 @@ var transports = []struct {
 }{{"devfuse", false}, {"uring", true}}
 
 // requireUring turns FUSE over io_uring on in the kernel (the fuse
-// module's enable_uring parameter), which only affects mounts that ask for
-// it. It fails the test where the kernel cannot: strata's tests run on
-// kernels that have it.
+// module's enable_uring parameter, which only affects mounts that ask for
+// it) for the test, and off again after it if it was off. It fails the
+// test where the kernel cannot: strata's tests run on kernels that have
+// it.
 func requireUring(t *testing.T) {
 	t.Helper()
 	if UringEnabled() {
 		return
 	}
-	if err := os.WriteFile("/sys/module/fuse/parameters/enable_uring", []byte("Y"), 0); err != nil {
+	const param = "/sys/module/fuse/parameters/enable_uring"
+	if err := os.WriteFile(param, []byte("Y"), 0); err != nil {
 		t.Fatalf("enabling FUSE over io_uring: %v", err)
 	}
+	// Registered before the mount's cleanup, so it runs after the unmount.
+	t.Cleanup(func() { os.WriteFile(param, []byte("N"), 0) })
 }
 
 func mountStalling(t *testing.T, uring bool) (*stallingFS, string, *Mounted) {
