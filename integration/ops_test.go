@@ -264,8 +264,16 @@ func describeContent(b []byte) string {
 	return fmt.Sprintf("len=%d sha256=%x", len(b), sha256.Sum256(b))
 }
 
+// openAt opens p under root. EINTR is retried as Go's os package does: it
+// is the test's own signal (the runtime's preemption) interrupting a wait,
+// such as overlayfs's copy-up lock, not the filesystem's answer.
 func openAt(root int, p string, flags int, perm uint32) (int, error) {
-	return unix.Openat(root, rel(p), flags|unix.O_CLOEXEC, perm)
+	for {
+		fd, err := unix.Openat(root, rel(p), flags|unix.O_CLOEXEC, perm)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
 }
 
 func readAllFd(fd int) ([]byte, error) {
@@ -304,6 +312,9 @@ func doOpen(root int, o op) (string, error) {
 
 func writeAndClose(fd int, data []byte, off int64) error {
 	_, err := unix.Pwrite(fd, data, off)
+	for err == unix.EINTR { // as in openAt
+		_, err = unix.Pwrite(fd, data, off)
+	}
 	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
