@@ -48,8 +48,9 @@
 // so a request is answered on the CPU that is waiting for it. Unpinned,
 // rings were slower than /dev/fuse (untar of /usr/include onto tmpfs
 // layers 5.3-6.1 s against 3.5-4.7 s); pinned, faster (3.3-3.5 s, and
-// rm -rf of it 0.84-0.89 s against 1.0-1.8 s). Requests that may wait go to a goroutine, which hands the
-// answered entry back to the reaper (a no-op submission wakes it); the
+// rm -rf of it 0.84-0.89 s against 1.0-1.8 s). Requests that may wait go
+// to a goroutine, which hands the answered entry back to the reaper (a
+// write to an eventfd whose read the reaper keeps armed wakes it); the
 // stall guard hands the reaper role to another pinned thread, as it hands
 // reading to another reader. Only reaper threads submit entries, because
 // the kernel copies each request into its entry as task work on the

@@ -44,16 +44,13 @@ func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions, opts 
 	if opts.Uring && UringEnabled() {
 		if rs, err = newRings(ringPayloadSize(mo.MaxWrite)); err != nil {
 			opts.Logger.Printf("fuseloop: FUSE over io_uring unavailable, serving through /dev/fuse: %v", err)
-			rs = nil
 		} else {
 			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		}
 	}
 	fd, err := mountDevice(mp, &mo)
 	if err != nil {
-		if rs != nil {
-			rs.close()
-		}
+		rs.close()
 		return nil, err
 	}
 	// On the magic /dev/fd/N mount point go-fuse takes the descriptor as
@@ -63,9 +60,7 @@ func Mount(fs fuse.RawFileSystem, mountpoint string, mo fuse.MountOptions, opts 
 	if err != nil {
 		unix.Unmount(mp, unix.MNT_DETACH)
 		unix.Close(fd)
-		if rs != nil {
-			rs.close()
-		}
+		rs.close()
 		return nil, err
 	}
 	if rs != nil && srv.KernelSettings().Flags64()&fuse.CAP_OVER_IO_URING == 0 {

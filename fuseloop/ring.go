@@ -67,9 +67,8 @@ type entInOut struct {
 // rings is the set of queues for one connection, made before the mount so
 // that INIT can offer FUSE over io_uring only when they exist.
 type rings struct {
-	queues      []*ringQueue
-	payloadSize int
-	mountpoint  string
+	queues     []*ringQueue
+	mountpoint string
 }
 
 // ringQueue is the kernel's queue for one CPU: requests made on that CPU
@@ -104,7 +103,6 @@ type ringQueue struct {
 	stopOnce sync.Once
 	away     sync.WaitGroup // goroutines serving requests that may wait
 	threads  sync.WaitGroup // reaper threads other than the first
-	failed   atomic.Bool    // a registration failed: the kernel serves through /dev/fuse
 	logged   atomic.Bool    // an unexpected ring error was reported
 }
 
@@ -162,7 +160,7 @@ func newRings(payloadSize int) (*rings, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs := &rings{payloadSize: payloadSize}
+	rs := &rings{}
 	for qid := 0; qid < n; qid++ {
 		u, err := newUring(ringSQEntries, ringCQEntries)
 		if err != nil {
@@ -190,8 +188,11 @@ func newRings(payloadSize int) (*rings, error) {
 	return rs, nil
 }
 
-// close releases rings that never served.
+// close releases rings that never served; a nil rs is none.
 func (rs *rings) close() {
+	if rs == nil {
+		return
+	}
 	for _, q := range rs.queues {
 		q.release()
 	}
@@ -250,9 +251,7 @@ func (q *ringQueue) thread(first bool) {
 	// Never unlocked: the thread must outlive the entries it submitted
 	// (see ringQueue), and the kernel delivers this CPU's requests to it.
 	runtime.LockOSThread()
-	var cpus unix.CPUSet
-	cpus.Set(q.qid)
-	unix.SchedSetaffinity(0, &cpus) // fails only for CPUs not online or not allowed: serve unpinned
+	pinToCPU(q.qid) // fails only for CPUs not online or not allowed: serve unpinned
 	if !first {
 		defer q.threads.Done()
 		q.run()
@@ -265,6 +264,13 @@ func (q *ringQueue) thread(first bool) {
 	q.threads.Wait()
 	q.away.Wait()
 	q.release()
+}
+
+// pinToCPU keeps the calling thread on cpu.
+func pinToCPU(cpu int) error {
+	var cpus unix.CPUSet
+	cpus.Set(cpu)
+	return unix.SchedSetaffinity(0, &cpus)
 }
 
 // run reaps while this thread is the reaper and parks while another is,
@@ -464,9 +470,7 @@ func (q *ringQueue) kick() {
 	go func() {
 		// Never unlocked: the pinned thread ends with the goroutine.
 		runtime.LockOSThread()
-		var cpus unix.CPUSet
-		cpus.Set(q.qid)
-		if unix.SchedSetaffinity(0, &cpus) != nil {
+		if pinToCPU(q.qid) != nil {
 			return // no request can come from that CPU
 		}
 		var st unix.Statfs_t
@@ -516,9 +520,7 @@ func (q *ringQueue) entryEnded(e *ringEntry, res int32) bool {
 	ending := err == unix.ENOTCONN || err == unix.ECONNABORTED || err == unix.ECANCELED
 	switch {
 	case !e.delivered && !ending:
-		if !q.failed.Swap(true) {
-			q.loop.opts.Logger.Printf("fuseloop: ring %d: registering with the kernel: %v; serving through /dev/fuse", q.qid, err)
-		}
+		q.logOnce(fmt.Errorf("registering with the kernel: %w; serving through /dev/fuse", err))
 	case e.delivered && !ending:
 		// The kernel lost track of the request (it ended meanwhile):
 		// the entry is no longer registered, so register it again.
