@@ -3,7 +3,11 @@ package fs
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -98,9 +102,15 @@ func (ll *lowerListing) entry(name string) *lowerEntry {
 // size is the number of names listed.
 func (ll *lowerListing) size() int { return len(ll.names) }
 
+// namedEntry is a lowerEntry with its name, while a merge is being built.
+type namedEntry struct {
+	name string
+	lowerEntry
+}
+
 // layerScan is what one layer's directory contributes.
 type layerScan struct {
-	entries   map[string]lowerEntry
+	entries   []namedEntry // in the directory's own order
 	whiteouts []string
 	opaque    bool
 }
@@ -125,12 +135,21 @@ func (s lowerDirSet) child(name string, layers []int) lowerDirSet {
 // read once. A layer whose directory is opaque ends the merge after itself;
 // the layers actually merged are returned.
 func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error) {
-	merged := map[string]*lowerEntry{}
-	hidden := map[string]bool{}
+	scans := u.scanLowerDirs(dirs)
+	total := 0
+	for _, r := range scans {
+		if r.scan != nil {
+			total += len(r.scan.entries)
+		}
+	}
+	// merged holds the visible entries in the order first seen; index
+	// finds a name's place in it.
+	merged := make([]namedEntry, 0, total)
+	index := make(map[string]int, total)
+	var hidden map[string]bool
 	var used []int
-	for _, li := range dirs.layers {
-		d := lowerRef{layer: li, rel: dirs.rel}
-		scan, err := u.scanLowerDir(d)
+	for i, li := range dirs.layers {
+		scan, err := scans[i].scan, scans[i].err
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			// A redirect may name a path some layers do not have.
 			continue
@@ -139,33 +158,37 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 			return nil, nil, err
 		}
 		used = append(used, li)
-		for name, e := range scan.entries {
-			if hidden[name] {
+		for _, e := range scan.entries {
+			if hidden[e.name] {
 				continue
 			}
-			if prev, ok := merged[name]; ok {
+			if j, ok := index[e.name]; ok {
 				// A name decided above: a lower directory of the same
 				// name merges into it only if the upper one is a
 				// directory that is still open to merging.
+				prev := &merged[j]
 				if prev.mode == unix.S_IFDIR && e.mode == unix.S_IFDIR && !mergeClosed(prev.dirLayers) {
-					prev.dirLayers = append(prev.dirLayers, d.layer)
+					prev.dirLayers = append(prev.dirLayers, li)
 				} else if prev.mode == unix.S_IFDIR {
 					prev.dirLayers = closeMerge(prev.dirLayers)
 				}
 				continue
 			}
-			ent := e
 			if e.mode == unix.S_IFDIR {
-				ent.dirLayers = []int{d.layer}
+				e.dirLayers = []int{li}
 			}
-			merged[name] = &ent
+			index[e.name] = len(merged)
+			merged = append(merged, e)
 		}
 		for _, name := range scan.whiteouts {
-			if prev, ok := merged[name]; ok {
-				if prev.layer != d.layer && prev.mode == unix.S_IFDIR {
+			if j, ok := index[name]; ok {
+				if prev := &merged[j]; prev.layer != li && prev.mode == unix.S_IFDIR {
 					prev.dirLayers = closeMerge(prev.dirLayers)
 				}
 				continue
+			}
+			if hidden == nil {
+				hidden = map[string]bool{}
 			}
 			hidden[name] = true
 		}
@@ -176,17 +199,23 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 	return sortedListing(merged), used, nil
 }
 
-// sortedListing turns a merge into the kept form.
-func sortedListing(merged map[string]*lowerEntry) *lowerListing {
-	ll := &lowerListing{names: make([]string, 0, len(merged)), ents: make([]lowerEntry, len(merged))}
-	for name := range merged {
-		ll.names = append(ll.names, name)
+// sortedListing turns a merge into the kept form. It sorts small
+// (name, place) pairs rather than the entries themselves: fewer bytes move.
+func sortedListing(merged []namedEntry) *lowerListing {
+	type sortKey struct {
+		name  string
+		place int
 	}
-	slices.Sort(ll.names)
-	for i, name := range ll.names {
-		e := merged[name]
-		e.dirLayers = openMerge(e.dirLayers)
-		ll.ents[i] = *e
+	keys := make([]sortKey, len(merged))
+	for i := range merged {
+		keys[i] = sortKey{merged[i].name, i}
+	}
+	slices.SortFunc(keys, func(a, b sortKey) int { return strings.Compare(a.name, b.name) })
+	ll := &lowerListing{names: make([]string, len(merged)), ents: make([]lowerEntry, len(merged))}
+	for i, k := range keys {
+		ll.names[i] = k.name
+		ll.ents[i] = merged[k.place].lowerEntry
+		ll.ents[i].dirLayers = openMerge(ll.ents[i].dirLayers)
 	}
 	return ll
 }
@@ -209,6 +238,74 @@ func openMerge(l []int) []int {
 	return l
 }
 
+// scanParallelism bounds how many layer directories of one merge are read
+// at once. Cold, each read waits on the disk for the directory's inode and
+// blocks; with many in flight the disk serves them together, so the first
+// lookup in a directory of a deep stack does not wait for its layers one
+// after the other.
+const scanParallelism = 16
+
+// scanResult is one layer directory's scan, or why it failed.
+type scanResult struct {
+	scan *layerScan
+	err  error
+}
+
+// scanLowerDirs reads the directory of each layer of dirs, up to
+// scanParallelism at a time, and returns the scans in stack order. Once a
+// directory is found opaque the layers below it are not read (their slots
+// stay empty: the merge stops at the opaque one before reaching them).
+func (u *union) scanLowerDirs(dirs lowerDirSet) []scanResult {
+	results := make([]scanResult, len(dirs.layers))
+	scanAt := func(i int) bool {
+		scan, err := u.scanLowerDir(lowerRef{layer: dirs.layers[i], rel: dirs.rel})
+		results[i] = scanResult{scan, err}
+		return err == nil && scan.opaque
+	}
+	workers := min(scanParallelism, len(dirs.layers))
+	if workers <= 1 {
+		for i := range dirs.layers {
+			if scanAt(i) {
+				break
+			}
+		}
+		return results
+	}
+	// next hands out positions top down; opaqueAt is the highest position
+	// found opaque so far, and nothing below it needs reading.
+	var next, opaqueAt atomic.Int64
+	opaqueAt.Store(math.MaxInt64)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(len(dirs.layers)) || i > opaqueAt.Load() {
+					return
+				}
+				if scanAt(int(i)) {
+					raiseOpaqueMark(&opaqueAt, i)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// raiseOpaqueMark moves the mark *at up the stack to position i, unless
+// it is already at or above i.
+func raiseOpaqueMark(at *atomic.Int64, i int64) {
+	for {
+		cur := at.Load()
+		if i >= cur || at.CompareAndSwap(cur, i) {
+			return
+		}
+	}
+}
+
 // scanLowerDir reads one directory of one lower layer.
 func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
 	l := u.lowers[d.layer]
@@ -217,7 +314,7 @@ func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
 		return nil, fmt.Errorf("open lower dir %q in %s: %w", d.rel, l.path, err)
 	}
 	defer unix.Close(fd)
-	scan := &layerScan{entries: map[string]lowerEntry{}}
+	scan := &layerScan{}
 	opaqueVal, hasOpaque := overlayOpaqueValue(fd)
 	scan.opaque = hasOpaque && opaqueVal == "y"
 	xwhiteouts := hasOpaque && opaqueVal == "x"
@@ -244,7 +341,7 @@ func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
 				return nil
 			}
 		}
-		scan.entries[name] = lowerEntry{layer: d.layer, mode: mode, ino: ino}
+		scan.entries = append(scan.entries, namedEntry{name, lowerEntry{layer: d.layer, mode: mode, ino: ino}})
 		return nil
 	})
 	return scan, err
