@@ -109,16 +109,15 @@ type Options struct {
 }
 
 // stallAfter is how long an inline request may run before another
-// goroutine starts reading; stallCheck is how often the guard looks
-// while requests come in, idleCheck while none do. Each check is a timer
-// wake-up, which costs a thread wake-up of its own: at 2 ms the guard made
-// a quarter of the daemon's futex calls during an untar.
+// goroutine starts reading; stallCheck is how often the guard looks while
+// requests come in. Each check is a timer wake-up, which costs a thread
+// wake-up of its own: at 2 ms the guard made a quarter of the daemon's
+// futex calls during an untar. After idleRounds checks that found nothing
+// served and nothing running, the guard sleeps until a request starts
+// (requestStarted), so an idle mount makes no wake-ups at all.
 const (
 	stallAfter = 5 * time.Millisecond
 	stallCheck = 5 * time.Millisecond
-	idleCheck  = 50 * time.Millisecond
-	// idleRounds is how many checks without requests make the guard
-	// check less often.
 	idleRounds = 25
 )
 
@@ -131,6 +130,8 @@ type Loop struct {
 
 	inlineSince atomic.Int64  // reader token, see the package doc
 	served      atomic.Uint64 // requests read, for the guard's pace
+	guardAsleep atomic.Bool   // the guard waits on guardWake for a request
+	guardWake   chan struct{} // buffered 1
 	ringServed  atomic.Uint64 // of those, requests that came through a ring
 	done        chan struct{} // closed when the connection ends
 	doneOnce    sync.Once
@@ -152,7 +153,7 @@ func serve(fd int, fs fuse.RawFileSystem, opts Options, rs *rings) *Loop {
 	if opts.Logger == nil {
 		opts.Logger = log.New(os.Stderr, "", log.LstdFlags)
 	}
-	l := &Loop{fd: fd, fs: fs, opts: opts, epoch: time.Now(), done: make(chan struct{}), rings: rs}
+	l := &Loop{fd: fd, fs: fs, opts: opts, epoch: time.Now(), done: make(chan struct{}), guardWake: make(chan struct{}, 1), rings: rs}
 	// The kernel refuses reads into buffers that cannot hold a header,
 	// a WRITE's arguments and max_write bytes of data.
 	l.bufSize = max(opts.MaxWrite, 128<<10) + 4096
@@ -193,7 +194,7 @@ func (l *Loop) read() {
 		if n == 0 {
 			continue
 		}
-		l.served.Add(1)
+		l.requestStarted()
 		d := l.decode((*bp)[:n], r)
 		if d.status == fuse.OK && mayBlock(r) {
 			l.startReader()
@@ -265,11 +266,42 @@ func (l *Loop) guard() {
 			quiet = 0
 		}
 		lastServed = served
-		next := stallCheck
 		if quiet > idleRounds {
-			next = idleCheck
+			if !l.sleepUntilRequest(lastServed) {
+				return
+			}
+			lastServed, quiet = l.served.Load(), 0
 		}
-		timer.Reset(next)
+		timer.Reset(stallCheck)
+	}
+}
+
+// sleepUntilRequest parks the guard until a request starts after the
+// served count seen was read; false means the connection ended.
+func (l *Loop) sleepUntilRequest(seen uint64) bool {
+	l.guardAsleep.Store(true)
+	// A request that started before the flag was set did not see it; the
+	// count shows it. (Both sides write, then read the other's variable,
+	// so at least one of them sees the other.)
+	if l.served.Load() != seen && l.guardAsleep.CompareAndSwap(true, false) {
+		return true
+	}
+	select {
+	case <-l.done:
+		return false
+	case <-l.guardWake:
+		return true
+	}
+}
+
+// requestStarted counts a request and wakes the guard if it sleeps.
+func (l *Loop) requestStarted() {
+	l.served.Add(1)
+	if l.guardAsleep.Load() && l.guardAsleep.CompareAndSwap(true, false) {
+		select {
+		case l.guardWake <- struct{}{}:
+		default:
+		}
 	}
 }
 

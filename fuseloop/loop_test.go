@@ -158,33 +158,56 @@ func TestStalledRequestDoesNotBlockOthers(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
 			fs, mnt, _ := mountStalling(t, tr.uring)
-			stuck := failIfStuck(t, fs, 30*time.Second)
-
-			stalledDone := make(chan error, 1)
-			go onCPU(t, 0, func() {
-				var st unix.Stat_t
-				stalledDone <- unix.Lstat(filepath.Join(mnt, "stall"), &st)
-			})
-			<-fs.stalled
-
-			onCPU(t, 0, func() {
-				var st unix.Stat_t
-				if err := unix.Lstat(filepath.Join(mnt, "quick"), &st); err != nil {
-					t.Errorf("lstat while another lookup stalls: %v", err)
-				} else if st.Size != int64(len("quick")) {
-					t.Errorf("size %d, want %d", st.Size, len("quick"))
-				}
-				if err := unix.Lstat(filepath.Join(mnt, "missing1"), &st); err != unix.ENOENT {
-					t.Errorf("lstat of a missing name: %v, want ENOENT", err)
-				}
-			})
-			if stuck.Stop() {
-				close(fs.release)
-			}
-			if err := <-stalledDone; err != nil {
-				t.Errorf("stalled lstat: %v", err)
-			}
+			requireStallDoesNotBlock(t, fs, mnt)
 		})
+	}
+}
+
+// On an idle mount the stall guard sleeps; the stalling request's arrival
+// must wake it.
+func TestStallGuardWakesOnRequestAfterIdle(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			fs, mnt, m := mountStalling(t, tr.uring)
+			// The bound only turns a hang into a failure; nothing is timed.
+			for deadline := time.Now().Add(30 * time.Second); !m.loop.guardAsleep.Load(); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the stall guard of an idle mount never went to sleep")
+				}
+			}
+			requireStallDoesNotBlock(t, fs, mnt)
+		})
+	}
+}
+
+// requireStallDoesNotBlock stalls a lookup and requires two more lookups,
+// made on the same CPU, to be answered meanwhile.
+func requireStallDoesNotBlock(t *testing.T, fs *stallingFS, mnt string) {
+	t.Helper()
+	stuck := failIfStuck(t, fs, 30*time.Second)
+	stalledDone := make(chan error, 1)
+	go onCPU(t, 0, func() {
+		var st unix.Stat_t
+		stalledDone <- unix.Lstat(filepath.Join(mnt, "stall"), &st)
+	})
+	<-fs.stalled
+
+	onCPU(t, 0, func() {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mnt, "quick"), &st); err != nil {
+			t.Errorf("lstat while another lookup stalls: %v", err)
+		} else if st.Size != int64(len("quick")) {
+			t.Errorf("size %d, want %d", st.Size, len("quick"))
+		}
+		if err := unix.Lstat(filepath.Join(mnt, "missing1"), &st); err != unix.ENOENT {
+			t.Errorf("lstat of a missing name: %v, want ENOENT", err)
+		}
+	})
+	if stuck.Stop() {
+		close(fs.release)
+	}
+	if err := <-stalledDone; err != nil {
+		t.Errorf("stalled lstat: %v", err)
 	}
 }
 

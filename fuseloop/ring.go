@@ -412,7 +412,7 @@ func (q *ringQueue) serveInline(e *ringEntry) bool {
 		q.grow()
 	}
 	l := q.loop
-	l.served.Add(1)
+	l.requestStarted()
 	l.ringServed.Add(1)
 	o := e.decode()
 	if o.status == fuse.OK && mayBlock(&e.req) {
