@@ -163,8 +163,10 @@
 // server negotiates INIT and sends notifications. Where the kernel offers
 // FUSE over io_uring (the fuse module's enable_uring=Y) requests come
 // through per-CPU rings instead of read(2) on /dev/fuse, served on a
-// thread pinned to the CPU that made them (-o io_uring=off turns this
-// off). Unprivileged mounts go
+// thread pinned to the CPU that made them, in the idle scheduling class
+// while the machine has CPU time to spare (-o io_uring=off turns rings
+// off, -o io_uring_sched=idle|normal fixes the class; fuseloop's package
+// doc says why). Unprivileged mounts go
 // through fusermount3 and go-fuse's own loop. The request path is
 // yieldingFS (yield.go) over openlessDirs (dircursor.go) over the bridge.
 //

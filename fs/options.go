@@ -3,6 +3,8 @@ package fs
 import (
 	"fmt"
 	"strings"
+
+	"github.com/strata-fs/strata/fuseloop"
 )
 
 // MountSpec is a parsed "-o" option string: the layers, the durability
@@ -82,6 +84,12 @@ func ParseMountOptions(s string, spec *MountSpec) error {
 			default:
 				return fmt.Errorf("option %q: want io_uring=on or io_uring=off", opt)
 			}
+		case "io_uring_sched":
+			class, ok := map[string]fuseloop.ReaperClass{"auto": fuseloop.ReaperAuto, "idle": fuseloop.ReaperIdle, "normal": fuseloop.ReaperNormal}[val]
+			if !ok {
+				return fmt.Errorf("option %q: want io_uring_sched=auto, idle or normal", opt)
+			}
+			spec.Mount.UringSched = class
 		default:
 			switch {
 			case passThroughOptions[key] && !hasVal:

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/strata-fs/strata/fuseloop"
 )
 
 func TestParseMountOptions(t *testing.T) {
@@ -107,5 +109,13 @@ func TestParseMountOptionsIoUring(t *testing.T) {
 	}
 	if err := ParseMountOptions("io_uring=maybe", &spec); err == nil {
 		t.Error("io_uring=maybe was accepted")
+	}
+	for val, want := range map[string]fuseloop.ReaperClass{"normal": fuseloop.ReaperNormal, "idle": fuseloop.ReaperIdle, "auto": fuseloop.ReaperAuto} {
+		if err := ParseMountOptions("io_uring_sched="+val, &spec); err != nil || spec.Mount.UringSched != want {
+			t.Errorf("io_uring_sched=%s: UringSched %v, err %v", val, spec.Mount.UringSched, err)
+		}
+	}
+	if err := ParseMountOptions("io_uring_sched=fifo", &spec); err == nil {
+		t.Error("io_uring_sched=fifo was accepted")
 	}
 }

@@ -316,6 +316,10 @@ type MountOptions struct {
 	// NoUring serves through /dev/fuse even where the kernel offers FUSE
 	// over io_uring (the fuse module's enable_uring parameter).
 	NoUring bool
+	// UringSched is the scheduling class of the threads that answer ring
+	// requests: auto (the default: idle while the machine has CPU time to
+	// spare), idle or normal. fuseloop's package doc says why.
+	UringSched fuseloop.ReaperClass
 }
 
 // Mount serves the union described by cfg at mountpoint and returns once
@@ -390,7 +394,8 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// fusermount3 turns the words into flags itself.
 		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
 	}
-	srv, err := serve(mountpoint, root, opts, !mo.NoUring, u.negotiated)
+	loopOpts := fuseloop.Options{Uring: !mo.NoUring, ReaperClass: mo.UringSched, Negotiated: u.negotiated}
+	srv, err := serve(mountpoint, root, opts, loopOpts)
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -408,7 +413,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 // notifications, on the same descriptor (the magic /dev/fd/N mount
 // point). Other users mount through fusermount3, which go-fuse drives, and
 // go-fuse's own loop serves.
-func serve(mountpoint string, root *node, opts *gofs.Options, uring bool, negotiated func(*fuse.Server)) (*Server, error) {
+func serve(mountpoint string, root *node, opts *gofs.Options, loopOpts fuseloop.Options) (*Server, error) {
 	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
 	if os.Geteuid() != 0 {
 		srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
@@ -420,10 +425,10 @@ func serve(mountpoint string, root *node, opts *gofs.Options, uring bool, negoti
 			// The serve loop ends by itself once the mount is gone.
 			return nil, err
 		}
-		negotiated(srv) // go-fuse serves from INIT on: the first opens may not pass through
+		loopOpts.Negotiated(srv) // go-fuse serves from INIT on: the first opens may not pass through
 		return &Server{Server: srv}, nil
 	}
-	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, fuseloop.Options{Uring: uring, Negotiated: negotiated})
+	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, loopOpts)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,12 @@ func requireUring(t *testing.T) {
 
 func mountStalling(t *testing.T, uring bool) (*stallingFS, string, *Mounted) {
 	t.Helper()
+	return mountStallingWith(t, Options{Uring: uring})
+}
+
+func mountStallingWith(t *testing.T, opts Options) (*stallingFS, string, *Mounted) {
+	t.Helper()
+	uring := opts.Uring
 	if os.Geteuid() != 0 {
 		t.Skip("mounting with mount(2) needs root")
 	}
@@ -99,7 +106,7 @@ func mountStalling(t *testing.T, uring bool) (*stallingFS, string, *Mounted) {
 	}
 	fs := &stallingFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), stalled: make(chan struct{}), release: make(chan struct{})}
 	mnt := t.TempDir()
-	m, err := Mount(fs, mnt, fuse.MountOptions{Name: "fuseloop-test", MaxWrite: 128 << 10}, Options{Uring: uring})
+	m, err := Mount(fs, mnt, fuse.MountOptions{Name: "fuseloop-test", MaxWrite: 128 << 10}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,4 +296,103 @@ func TestUnmountEndsTheLoop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Ring reapers run in the scheduling class asked for, and requests are
+// answered either way. (ReaperAuto starts idle and follows the load: its
+// choice is spareCPU's, tested on its own.)
+func TestReaperSchedulingClass(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		class ReaperClass
+		idle  bool
+	}{{"idle", ReaperIdle, true}, {"normal", ReaperNormal, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, mnt, m := mountStallingWith(t, Options{Uring: true, ReaperClass: tc.class})
+			for cpu := range runtime.NumCPU() {
+				onCPU(t, cpu, func() {
+					var st unix.Stat_t
+					if err := unix.Lstat(filepath.Join(mnt, "quick"), &st); err != nil {
+						t.Errorf("lstat on CPU %d: %v", cpu, err)
+					}
+				})
+			}
+			if m.RingRequests() == 0 {
+				t.Fatal("no request came through a ring")
+			}
+			idle := threadsWithPolicy(t, schedIdle)
+			queues := len(m.loop.rings.queues)
+			switch {
+			case tc.idle && idle < queues:
+				t.Errorf("%d SCHED_IDLE threads, want one reaper for each of %d queues", idle, queues)
+			case !tc.idle && idle != 0:
+				t.Errorf("%d SCHED_IDLE threads with normal-class reapers", idle)
+			}
+		})
+	}
+}
+
+func TestSpareCPU(t *testing.T) {
+	for _, tc := range []struct {
+		idle, total uint64
+		ncpu        int
+		want        bool
+	}{
+		{0, 0, 2, true},     // no time passed
+		{100, 200, 2, true}, // one of two CPUs idle
+		{20, 200, 2, false}, // a fifth of one CPU of two
+		{25, 200, 2, true},  // exactly a quarter of one CPU
+		{0, 200, 2, false},  // all busy
+		{10, 800, 8, false}, // 8 CPUs, a tenth of one idle
+		{100, 800, 8, true}, // 8 CPUs, one idle
+		{30, 100, 1, true},  // one CPU, 30% idle
+		{20, 100, 1, false}, // one CPU, 20% idle
+	} {
+		before := cpuTimes{idle: 1000, total: 5000}
+		after := cpuTimes{idle: before.idle + tc.idle, total: before.total + tc.total}
+		if got := spareCPU(before, after, tc.ncpu); got != tc.want {
+			t.Errorf("idle %d of %d on %d CPUs: spare %v, want %v", tc.idle, tc.total, tc.ncpu, got, tc.want)
+		}
+	}
+}
+
+func TestReadCPUTimes(t *testing.T) {
+	a, err := readCPUTimes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn some CPU so that the counters move.
+	for deadline := time.Now().Add(50 * time.Millisecond); time.Now().Before(deadline); {
+	}
+	b, err := readCPUTimes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.total == 0 || a.idle > a.total || b.total <= a.total || b.idle < a.idle {
+		t.Errorf("CPU times %+v then %+v", a, b)
+	}
+}
+
+// threadsWithPolicy counts this process's threads in scheduling policy p
+// (field 41 of /proc/self/task/TID/stat).
+func threadsWithPolicy(t *testing.T, p int) int {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/self/task/*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // the thread ended
+		}
+		// Fields after the command name, which is in parentheses and may
+		// hold spaces; policy is field 41, the 39th after ")".
+		rest := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(rest) > 38 && rest[38] == strconv.Itoa(p) {
+			n++
+		}
+	}
+	return n
 }
