@@ -308,6 +308,12 @@ func TestReaperSchedulingClass(t *testing.T) {
 		idle  bool
 	}{{"idle", ReaperIdle, true}, {"normal", ReaperNormal, false}} {
 		t.Run(tc.name, func(t *testing.T) {
+			// Reapers of earlier mounts may still be ending.
+			for deadline := time.Now().Add(30 * time.Second); threadsWithPolicy(t, schedIdle) > 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("SCHED_IDLE threads of earlier mounts never ended")
+				}
+			}
 			_, mnt, m := mountStallingWith(t, Options{Uring: true, ReaperClass: tc.class})
 			for cpu := range runtime.NumCPU() {
 				onCPU(t, cpu, func() {

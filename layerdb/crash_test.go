@@ -155,3 +155,41 @@ func checkConsistent(t *testing.T, root, when string) {
 		t.Errorf("%s: %d work directories left in tmp", when, len(tmp))
 	}
 }
+
+// A command creates its tmp entry and only then locks it; recovery in a
+// concurrent command must not remove the entry in between (it did: an
+// import failed with "open work directory: no such file or directory").
+// An entry of a live process stays though unlocked; one of a dead process
+// goes.
+func TestRecoverKeepsUnlockedTmpOfLiveProcess(t *testing.T) {
+	root := t.TempDir()
+	s, err := Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	live := filepath.Join(root, tmpDirName, fmt.Sprintf("import-%d-123", os.Getpid()))
+	gone := filepath.Join(root, tmpDirName, fmt.Sprintf("import-%d-456", dead.Process.Pid))
+	for _, d := range []string{live, gone} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err = Open(root) // recovers
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("the live process's unlocked entry was removed: %v", err)
+	}
+	if _, err := os.Stat(gone); !os.IsNotExist(err) {
+		t.Errorf("the dead process's entry is still there (%v)", err)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
 	digest "github.com/opencontainers/go-digest"
@@ -15,7 +17,9 @@ import (
 // directories back in line with the database (see "Crash safety" in the
 // package doc):
 //
-//   - a tmp entry whose flock can be taken belongs to a dead command: removed;
+//   - a tmp entry whose flock can be taken belongs to a dead command: removed,
+//     unless the process named in it is alive (a live command creates its
+//     entry and then locks it: between the two the lock is free);
 //   - a layer or container directory with no record is the leftover of a
 //     command that died between its rename and its commit, or between its
 //     commit and its delete: moved to the trash.
@@ -54,7 +58,7 @@ func (s *Store) removeDeadTmp() error {
 			os.Remove(p)
 			continue
 		}
-		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil || tmpOwnerAlive(e.Name()) {
 			unix.Close(fd) // a live command is working in it
 			continue
 		}
@@ -95,4 +99,21 @@ func (s *Store) trashOrphans(sub string, known func(txn *badger.Txn, name string
 		}
 	}
 	return nil
+}
+
+// tmpOwnerAlive tells whether the process whose id is in a tmp entry's
+// name (KIND-PID-RANDOM, see newTmpDir) still runs. A name without one
+// has no live owner. A reused process id only delays the removal to a
+// later recovery.
+func tmpOwnerAlive(name string) bool {
+	parts := strings.Split(name, "-")
+	if len(parts) < 3 {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[len(parts)-2])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	err = unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }
