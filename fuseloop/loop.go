@@ -83,12 +83,16 @@
 // small files onto tmpfs layers 1.5 s instead of 2.7-3.0 s. But when
 // every CPU is busy, an idle-class reaper waits longer for its turn than
 // a normal one: with two CPU-bound processes per CPU the warm ls -lR took
-// 2.6 s instead of 2.1 s, the untar 2.4-2.7 s instead of 1.7-2.0 s. So by
-// default (ReaperAuto) the guard samples the machine's idle time every
-// 100 ms while requests flow and reapers take SCHED_IDLE while at least a
-// quarter of one CPU went unused, the normal class otherwise; each reaper
-// follows before it next waits for a request (sched.go). ReaperIdle and
-// ReaperNormal fix the class (strata's -o io_uring_sched=idle|normal).
+// 2.6 s instead of 2.1 s, the untar 2.4-2.7 s instead of 1.7-2.0 s, and
+// behind a few compilers an idle-class thread waited seconds. So by
+// default (ReaperAuto) reapers are in the idle class only while requests
+// flow and that leaves CPU time to spare: the guard samples the machine's
+// CPU times every 100 ms while it is awake and moves the reaper threads
+// (by thread id) between the classes, trying the idle class again now
+// and then while in the normal class, and puts them back in the normal
+// class before it sleeps and when the connection ends (sched.go).
+// ReaperIdle and ReaperNormal fix the class (strata's -o
+// io_uring_sched=idle|normal).
 // Only reaper threads change class: they stay locked to their goroutine
 // for life, so no other goroutine ever runs on them.
 //
@@ -159,7 +163,8 @@ type Loop struct {
 	inlineSince atomic.Int64  // reader token, see the package doc
 	served      atomic.Uint64 // requests read, for the guard's pace
 	guardAsleep atomic.Bool   // the guard waits on guardWake for a request
-	reapersIdle atomic.Bool   // the scheduling class reapers take (sched.go)
+	reapers     reaperThreads // the rings' threads and their class (sched.go)
+	classLogged atomic.Bool   // a class change failed and was logged
 	guardWake   chan struct{} // buffered 1
 	ringServed  atomic.Uint64 // of those, requests that came through a ring
 	done        chan struct{} // closed when the connection ends
@@ -187,7 +192,7 @@ func serve(fd int, fs fuse.RawFileSystem, opts Options, rs *rings) *Loop {
 	// a WRITE's arguments and max_write bytes of data.
 	l.bufSize = max(opts.MaxWrite, 128<<10) + 4096
 	l.buffers.New = func() any { b := make([]byte, l.bufSize); return &b }
-	l.reapersIdle.Store(rs != nil && opts.ReaperClass != ReaperNormal)
+	l.reapers.init(l)
 	l.goroutines.Add(2)
 	go l.guard()
 	go l.read()
@@ -275,6 +280,7 @@ func (l *Loop) guard() {
 	for {
 		select {
 		case <-l.done:
+			l.reapers.set(false) // the rings' teardown must not wait for a busy CPU
 			return
 		case <-timer.C:
 		}
@@ -299,11 +305,12 @@ func (l *Loop) guard() {
 		}
 		lastServed = served
 		if quiet > idleRounds {
+			class.sleeping(l)
 			if !l.sleepUntilRequest(lastServed) {
+				l.reapers.set(false)
 				return
 			}
 			lastServed, quiet = l.served.Load(), 0
-			class.restart()
 		}
 		timer.Reset(stallCheck)
 	}

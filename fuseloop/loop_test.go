@@ -182,6 +182,12 @@ func TestStallGuardWakesOnRequestAfterIdle(t *testing.T) {
 					t.Fatal("the stall guard of an idle mount never went to sleep")
 				}
 			}
+			// Asleep, the guard left the reapers (ReaperAuto) in the
+			// normal class, so a request on a busy machine is not
+			// starved.
+			if n := threadsWithPolicy(t, schedIdle); n != 0 {
+				t.Errorf("%d SCHED_IDLE threads while the mount is idle", n)
+			}
 			requireStallDoesNotBlock(t, fs, mnt)
 		})
 	}

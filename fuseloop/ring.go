@@ -252,6 +252,8 @@ func (q *ringQueue) thread(first bool) {
 	// (see ringQueue), and the kernel delivers this CPU's requests to it.
 	runtime.LockOSThread()
 	pinToCPU(q.qid) // fails only for CPUs not online or not allowed: serve unpinned
+	// Left before the goroutine ends, and so before the thread does.
+	defer q.loop.reapers.join()()
 	if !first {
 		defer q.threads.Done()
 		q.run()
@@ -273,27 +275,11 @@ func pinToCPU(cpu int) error {
 	return unix.SchedSetaffinity(0, &cpus)
 }
 
-// followClass moves the calling reaper thread, whose class is *idle, to
-// the class the guard last chose (see sched.go). Failing that, it logs
-// once and stays where it is.
-func (q *ringQueue) followClass(idle *bool) {
-	want := q.loop.reapersIdle.Load()
-	if want == *idle {
-		return
-	}
-	if err := setThreadClass(want); err != nil {
-		q.logOnce(fmt.Errorf("scheduling class: %w", err))
-		return
-	}
-	*idle = want
-}
-
 // run reaps while this thread is the reaper and parks while another is,
 // until the queue has ended.
 func (q *ringQueue) run() {
-	idle := false // a new thread is in the normal class
 	for {
-		if q.reap(&idle) {
+		if q.reap() {
 			q.stopOnce.Do(func() { close(q.stopped) })
 			return
 		}
@@ -382,12 +368,11 @@ func (q *ringQueue) commit(e *ringEntry) {
 
 // reap serves the queue until another thread is made the reaper (false)
 // or the queue has ended (true).
-func (q *ringQueue) reap(idle *bool) bool {
+func (q *ringQueue) reap() bool {
 	for {
 		q.commitReady()
 		c, ok := q.ring.peek()
 		if !ok {
-			q.followClass(idle)
 			q.flush(true)
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,12 +14,21 @@ import (
 // in the package doc).
 //
 // SCHED_IDLE keeps a process that waits on the filesystem on its CPU, but
-// when every CPU is busy with other work an idle-class reaper waits
-// longer for its turn than a normal one would. So the guard, while
-// requests flow, samples the machine's idle CPU time every classCheck and
-// sets Loop.reapersIdle: idle class while at least a quarter of one CPU's
-// time went unused, normal class otherwise. Each reaper follows the flag
-// before it next waits for a request (ringQueue.followClass).
+// a SCHED_IDLE thread on a CPU that other work keeps busy waits for its
+// turn far longer than a normal one: seconds, behind a few CPU-bound
+// processes. So under ReaperAuto reapers are in the idle class only while
+// requests flow and the idle class leaves CPU time to spare. The guard,
+// while awake, samples the machine's CPU times every classCheckRounds
+// checks (100 ms): a span spent in the idle class that left at least a
+// quarter of one CPU unused keeps the idle class, one that did not moves
+// the reapers to the normal class; from the normal class the idle class
+// is tried again after classProbeEvery spans (the normal class keeps both
+// CPUs busy by itself, so its own spans cannot tell). Reapers are in the
+// normal class for the first span after a quiet spell, before the guard
+// sleeps (so a request after a quiet spell never waits behind busy CPUs)
+// and when the connection ends (so the teardown does not either). The
+// guard moves the threads itself, by thread id (reaperThreads): a reaper
+// starved of CPU could not move itself.
 
 // ReaperClass says which scheduling class ring reapers run in.
 type ReaperClass int
@@ -83,14 +93,71 @@ func spareCPU(before, after cpuTimes, ncpu int) bool {
 	return idle*4*uint64(max(ncpu, 1)) >= total
 }
 
-// setThreadClass puts the calling thread in SCHED_IDLE or back in the
-// normal class (SCHED_OTHER, nice 0).
-func setThreadClass(idle bool) error {
+// reaperThreads are the threads of a Loop's rings, by thread id, and the
+// class they are in. Threads join when they start and leave before they
+// end, so a thread id here is never one the kernel reused for another
+// thread; mu is held while the class of the threads is changed.
+type reaperThreads struct {
+	mu   sync.Mutex
+	l    *Loop
+	tids map[int]struct{}
+	idle bool
+}
+
+// init sets the class reapers start in: idle for ReaperIdle, normal
+// otherwise (ReaperAuto moves them once requests flow).
+func (r *reaperThreads) init(l *Loop) {
+	r.l, r.tids = l, map[int]struct{}{}
+	r.idle = l.rings != nil && l.opts.ReaperClass == ReaperIdle
+}
+
+// join adds the calling thread in the current class and returns the
+// function that takes it out again.
+func (r *reaperThreads) join() (leave func()) {
+	tid := unix.Gettid()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tids[tid] = struct{}{}
+	if r.idle {
+		r.setClassOf(tid, true)
+	}
+	return func() {
+		r.mu.Lock()
+		delete(r.tids, tid)
+		r.mu.Unlock()
+	}
+}
+
+// isIdle tells whether the reaper threads are in the idle class.
+func (r *reaperThreads) isIdle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.idle
+}
+
+// set moves every reaper thread to the idle or the normal class.
+func (r *reaperThreads) set(idle bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if idle == r.idle {
+		return
+	}
+	r.idle = idle
+	for tid := range r.tids {
+		r.setClassOf(tid, idle)
+	}
+}
+
+// setClassOf moves thread tid; a failure is logged once and leaves it
+// where it is.
+func (r *reaperThreads) setClassOf(tid int, idle bool) {
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr}
 	if idle {
 		attr.Policy = schedIdle
 	}
-	return unix.SchedSetAttr(0, &attr, 0)
+	if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !r.l.classLogged.Swap(true) {
+		r.l.opts.Logger.Printf("fuseloop: scheduling class of ring thread %d: %v", tid, err)
+	}
 }
 
 // classSampler is the guard's state for choosing the reapers' class.
@@ -98,10 +165,23 @@ type classSampler struct {
 	last   cpuTimes
 	ok     bool // last is a valid sample
 	rounds int
+	// normalSpans counts samples taken with the reapers in the normal
+	// class since they were last tried in the idle class.
+	normalSpans int
 }
 
-// tick is called by the guard on each check while requests flow; every
-// classCheckRounds it samples and updates l.reapersIdle.
+// classProbeEvery is how many samples in the normal class pass before the
+// idle class is tried again: the samples taken in the normal class cannot
+// tell whether the idle class would do, because the normal class itself
+// keeps both CPUs busy (the waiting process moves with every answer).
+const classProbeEvery = 10
+
+// tick is called by the guard on each check while it is awake; every
+// classCheckRounds it samples the CPU times and, under ReaperAuto, sets
+// the reapers' class: after a span in the idle class, idle again if that
+// span left CPU time to spare and normal if not; after a span in the
+// normal class, idle for the first span after a quiet spell and then every
+// classProbeEvery spans, to see.
 func (c *classSampler) tick(l *Loop) {
 	if l.rings == nil || l.opts.ReaperClass != ReaperAuto {
 		return
@@ -113,14 +193,30 @@ func (c *classSampler) tick(l *Loop) {
 	now, err := readCPUTimes()
 	if err != nil {
 		c.ok = false
-		return // keep the class as it is
+		l.reapers.set(false) // without samples, the class that cannot starve
+		return
 	}
 	if c.ok {
-		l.reapersIdle.Store(spareCPU(c.last, now, len(l.rings.queues)))
+		switch {
+		case l.reapers.isIdle():
+			l.reapers.set(spareCPU(c.last, now, len(l.rings.queues)))
+		case c.normalSpans == 0 || c.normalSpans >= classProbeEvery:
+			c.normalSpans = 0
+			l.reapers.set(true)
+		}
+		if !l.reapers.isIdle() {
+			c.normalSpans++
+		}
 	}
 	c.last, c.ok = now, true
 }
 
-// restart forgets the last sample: after the guard slept, the time since
-// says nothing about the load now.
-func (c *classSampler) restart() { c.ok = false }
+// sleeping is called when the guard is about to sleep: under ReaperAuto
+// the reapers go back to the normal class, and sampling starts afresh
+// when the guard wakes (the time asleep says nothing about the load then).
+func (c *classSampler) sleeping(l *Loop) {
+	c.ok, c.rounds, c.normalSpans = false, 0, 0
+	if l.rings != nil && l.opts.ReaperClass == ReaperAuto {
+		l.reapers.set(false)
+	}
+}
