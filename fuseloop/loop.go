@@ -92,9 +92,9 @@
 // and then while in the normal class, and puts them back in the normal
 // class before it sleeps and when the connection ends (sched.go).
 // ReaperIdle and ReaperNormal fix the class (strata's -o
-// io_uring_sched=idle|normal).
-// Only reaper threads change class: they stay locked to their goroutine
-// for life, so no other goroutine ever runs on them.
+// io_uring_sched=idle|normal). Only reaper threads change class: they
+// stay locked to their goroutine for life, so no other goroutine ever
+// runs on them.
 //
 // # Protocol
 //
@@ -162,11 +162,10 @@ type Loop struct {
 
 	inlineSince atomic.Int64  // reader token, see the package doc
 	served      atomic.Uint64 // requests read, for the guard's pace
-	guardAsleep atomic.Bool   // the guard waits on guardWake for a request
-	reapers     reaperThreads // the rings' threads and their class (sched.go)
-	classLogged atomic.Bool   // a class change failed and was logged
-	guardWake   chan struct{} // buffered 1
 	ringServed  atomic.Uint64 // of those, requests that came through a ring
+	guardAsleep atomic.Bool   // the guard waits on guardWake for a request
+	guardWake   chan struct{} // buffered 1
+	reapers     reaperThreads // the rings' threads and their class (sched.go)
 	done        chan struct{} // closed when the connection ends
 	doneOnce    sync.Once
 	goroutines  sync.WaitGroup

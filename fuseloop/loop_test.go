@@ -360,9 +360,9 @@ func TestSpareCPU(t *testing.T) {
 		{30, 100, 1, true},  // one CPU, 30% idle
 		{20, 100, 1, false}, // one CPU, 20% idle
 	} {
-		before := cpuTimes{idle: 1000, total: 5000}
-		after := cpuTimes{idle: before.idle + tc.idle, total: before.total + tc.total}
-		if got := spareCPU(before, after, tc.ncpu); got != tc.want {
+		before := cpuTimes{idle: 1000, total: 5000, cpus: tc.ncpu}
+		after := cpuTimes{idle: before.idle + tc.idle, total: before.total + tc.total, cpus: tc.ncpu}
+		if got := spareCPU(before, after); got != tc.want {
 			t.Errorf("idle %d of %d on %d CPUs: spare %v, want %v", tc.idle, tc.total, tc.ncpu, got, tc.want)
 		}
 	}
@@ -382,6 +382,10 @@ func TestReadCPUTimes(t *testing.T) {
 	}
 	if a.total == 0 || a.idle > a.total || b.total <= a.total || b.idle < a.idle {
 		t.Errorf("CPU times %+v then %+v", a, b)
+	}
+	// The CPUs this process may run on are online.
+	if a.cpus < runtime.NumCPU() {
+		t.Errorf("%d online CPUs counted, fewer than the %d this process may use", a.cpus, runtime.NumCPU())
 	}
 }
 

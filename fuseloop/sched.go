@@ -51,16 +51,20 @@ const classCheckRounds = 20
 const schedIdle = 5
 
 // cpuTimes is the machine's CPU time so far, in clock ticks: all of it,
-// and the part spent idle (idle and iowait).
-type cpuTimes struct{ idle, total uint64 }
+// and the part spent idle (idle and iowait), over cpus online CPUs.
+type cpuTimes struct {
+	idle, total uint64
+	cpus        int
+}
 
-// readCPUTimes reads the summary line of /proc/stat.
+// readCPUTimes reads the summary line of /proc/stat and counts the lines
+// of the online CPUs after it.
 func readCPUTimes() (cpuTimes, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return cpuTimes{}, err
 	}
-	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line, rest, _ := bytes.Cut(b, []byte("\n"))
 	fields := bytes.Fields(line)
 	if len(fields) < 6 || string(fields[0]) != "cpu" {
 		return cpuTimes{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
@@ -78,19 +82,23 @@ func readCPUTimes() (cpuTimes, error) {
 			t.idle += v
 		}
 	}
+	for len(rest) > 4 && bytes.HasPrefix(rest, []byte("cpu")) && rest[3] >= '0' && rest[3] <= '9' {
+		t.cpus++
+		_, rest, _ = bytes.Cut(rest, []byte("\n"))
+	}
 	return t, nil
 }
 
 // spareCPU tells whether, between two samples, at least a quarter of one
-// CPU's time went unused on a machine of ncpu CPUs. Without ticks in
-// between it says yes (nothing was busy).
-func spareCPU(before, after cpuTimes, ncpu int) bool {
+// CPU's time went unused. Without ticks in between it says yes (nothing
+// was busy).
+func spareCPU(before, after cpuTimes) bool {
 	total := after.total - before.total
 	idle := after.idle - before.idle
 	if total == 0 || after.total < before.total {
 		return true
 	}
-	return idle*4*uint64(max(ncpu, 1)) >= total
+	return idle*4*uint64(max(after.cpus, 1)) >= total
 }
 
 // reaperThreads are the threads of a Loop's rings, by thread id, and the
@@ -98,10 +106,11 @@ func spareCPU(before, after cpuTimes, ncpu int) bool {
 // end, so a thread id here is never one the kernel reused for another
 // thread; mu is held while the class of the threads is changed.
 type reaperThreads struct {
-	mu   sync.Mutex
-	l    *Loop
-	tids map[int]struct{}
-	idle bool
+	mu     sync.Mutex
+	l      *Loop
+	tids   map[int]struct{}
+	idle   bool
+	logged bool // a class change failed and was logged
 }
 
 // init sets the class reapers start in: idle for ReaperIdle, normal
@@ -148,14 +157,15 @@ func (r *reaperThreads) set(idle bool) {
 	}
 }
 
-// setClassOf moves thread tid; a failure is logged once and leaves it
-// where it is.
+// setClassOf moves thread tid (r.mu held); a failure is logged once and
+// leaves it where it is.
 func (r *reaperThreads) setClassOf(tid int, idle bool) {
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr}
 	if idle {
 		attr.Policy = schedIdle
 	}
-	if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !r.l.classLogged.Swap(true) {
+	if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && !r.logged {
+		r.logged = true
 		r.l.opts.Logger.Printf("fuseloop: scheduling class of ring thread %d: %v", tid, err)
 	}
 }
@@ -179,9 +189,9 @@ const classProbeEvery = 10
 // tick is called by the guard on each check while it is awake; every
 // classCheckRounds it samples the CPU times and, under ReaperAuto, sets
 // the reapers' class: after a span in the idle class, idle again if that
-// span left CPU time to spare and normal if not; after a span in the
-// normal class, idle for the first span after a quiet spell and then every
-// classProbeEvery spans, to see.
+// span left CPU time to spare and normal if not; from the normal class,
+// the idle class is tried after the first span that follows a quiet
+// spell and then every classProbeEvery spans.
 func (c *classSampler) tick(l *Loop) {
 	if l.rings == nil || l.opts.ReaperClass != ReaperAuto {
 		return
@@ -199,7 +209,7 @@ func (c *classSampler) tick(l *Loop) {
 	if c.ok {
 		switch {
 		case l.reapers.isIdle():
-			l.reapers.set(spareCPU(c.last, now, len(l.rings.queues)))
+			l.reapers.set(spareCPU(c.last, now))
 		case c.normalSpans == 0 || c.normalSpans >= classProbeEvery:
 			c.normalSpans = 0
 			l.reapers.set(true)
