@@ -203,6 +203,11 @@ func assertNothingLeft(t *testing.T, rootfs string, initPid int, pidNS string) {
 	}
 }
 
+// processesInNamespace lists the processes of pidNS that have not ended.
+// Zombies do not count: when the container's init ends, the kernel kills
+// the rest of the namespace, and each stays a zombie until the process
+// that inherits it reaps it, which is the host's init and on some
+// machines late (1-1.5 s on the test VMs).
 func processesInNamespace(pidNS string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
@@ -211,11 +216,24 @@ func processesInNamespace(pidNS string) []int {
 		if err != nil {
 			continue
 		}
-		if pidNamespaceOf(pid) == pidNS {
+		if pidNamespaceOf(pid) == pidNS && !isZombie(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// isZombie tells whether pid has ended and waits to be reaped (or is gone).
+func isZombie(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name, which is in parentheses and may
+	// hold anything.
+	rest := data[bytes.LastIndexByte(data, ')')+1:]
+	fields := bytes.Fields(rest)
+	return len(fields) > 0 && (string(fields[0]) == "Z" || string(fields[0]) == "X")
 }
 
 // hostMountsAtOrBelow lists the host's mount points at or below dir.
