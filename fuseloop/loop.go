@@ -83,8 +83,9 @@
 // small files onto tmpfs layers 1.5 s instead of 2.7-3.0 s. But when
 // every CPU is busy, an idle-class reaper waits longer for its turn than
 // a normal one: with two CPU-bound processes per CPU the warm ls -lR took
-// 2.6 s instead of 2.1 s, the untar 2.4-2.7 s instead of 1.7-2.0 s, and
-// behind a few compilers an idle-class thread waited seconds. So by
+// 2.6 s instead of 2.1 s, the untar 2.4-2.7 s instead of 1.7-2.0 s; the
+// idle class has the smallest scheduling weight there is, so the more
+// normal work competes for the CPU, the longer the reaper waits. So by
 // default (ReaperAuto) reapers are in the idle class only while requests
 // flow and that leaves CPU time to spare: the guard samples the machine's
 // CPU times every 100 ms while it is awake and moves the reaper threads

@@ -15,8 +15,8 @@ import (
 //
 // SCHED_IDLE keeps a process that waits on the filesystem on its CPU, but
 // a SCHED_IDLE thread on a CPU that other work keeps busy waits for its
-// turn far longer than a normal one: seconds, behind a few CPU-bound
-// processes. So under ReaperAuto reapers are in the idle class only while
+// turn longer than a normal one, the longer the more work competes (its
+// scheduling weight is the smallest there is). So under ReaperAuto reapers are in the idle class only while
 // requests flow and the idle class leaves CPU time to spare. The guard,
 // while awake, samples the machine's CPU times every classCheckRounds
 // checks (100 ms): a span spent in the idle class that left at least a
