@@ -158,11 +158,6 @@ func checkNothingLeftBehind(root string) error {
 	return nil
 }
 
-// detachLeftoversOfDeadRuns lazily unmounts what an earlier run, killed
-// before its cleanups ran (go test -timeout does that), left mounted, kills
-// its daemons and removes its directory. Only
-// directories whose owning test process is gone are touched, so a
-// concurrent run of this package is left alone.
 // detachInheritedCopies drops, in this package's private mount namespace,
 // the copies of FUSE and overlay mounts it inherited. A copy keeps the
 // original's filesystem alive: a FUSE mount that another program (another
@@ -178,6 +173,11 @@ func detachInheritedCopies() {
 	}
 }
 
+// detachLeftoversOfDeadRuns lazily unmounts what an earlier run, killed
+// before its cleanups ran (go test -timeout does that), left mounted, kills
+// its daemons and removes its directory. Only
+// directories whose owning test process is gone are touched, so a
+// concurrent run of this package is left alone.
 func detachLeftoversOfDeadRuns() {
 	tmp := os.TempDir()
 	entries, err := os.ReadDir(tmp)

@@ -216,24 +216,11 @@ func processesInNamespace(pidNS string) []int {
 		if err != nil {
 			continue
 		}
-		if pidNamespaceOf(pid) == pidNS && !isZombie(pid) {
+		if pidNamespaceOf(pid) == pidNS && Running(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-// isZombie tells whether pid has ended and waits to be reaped (or is gone).
-func isZombie(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// The state follows the command name, which is in parentheses and may
-	// hold anything.
-	rest := data[bytes.LastIndexByte(data, ')')+1:]
-	fields := bytes.Fields(rest)
-	return len(fields) > 0 && (string(fields[0]) == "Z" || string(fields[0]) == "X")
 }
 
 // hostMountsAtOrBelow lists the host's mount points at or below dir.
