@@ -183,28 +183,50 @@ func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
 // change of xattrs through this mount forgets the list, and so does an open
 // for writing (a write may strip security.capability). Guarded by node.mu.
 type xattrNames struct {
-	known bool
-	names []string // most objects have none or one: a slice, not a map
+	// list is nil while the names are not known. Most objects have none
+	// (they share noXattrs) or one: a slice, not a map, behind a pointer
+	// so an object whose names were never asked for pays one word.
+	list *[]string
 }
 
-func (x *xattrNames) forget() { x.known, x.names = false, nil }
+// noXattrs is the list of an object known to have no xattr. Shared: never
+// written through.
+var noXattrs = []string{}
+
+// knownXattrNames is a cache that knows the object's names.
+func knownXattrNames(names []string) xattrNames {
+	if len(names) == 0 {
+		return xattrNames{list: &noXattrs}
+	}
+	return xattrNames{list: &names}
+}
+
+func (x *xattrNames) forget() { x.list = nil }
+
+// known reports whether the names are cached.
+func (x *xattrNames) known() bool { return x.list != nil }
+
+// lists reports whether the cached names are known and hold attr.
+func (x *xattrNames) lists(attr string) bool {
+	return x.list != nil && slices.Contains(*x.list, attr)
+}
 
 // has reports whether attr may exist; on any doubt it says yes and the
 // caller asks the filesystem.
 func (x *xattrNames) has(dirfd int, name, attr string) bool {
-	if !x.known {
+	if x.list == nil {
 		names, err := listXattrNames(dirfd, name)
 		if err != nil {
 			return true
 		}
-		x.names, x.known = names, true
+		*x = knownXattrNames(names)
 	}
-	return slices.Contains(x.names, attr)
+	return x.lists(attr)
 }
 
 // mayHave reports whether attr may exist: the list is unknown or holds it.
 func (x *xattrNames) mayHave(attr string) bool {
-	return !x.known || slices.Contains(x.names, attr)
+	return x.list == nil || slices.Contains(*x.list, attr)
 }
 
 // xattrKnownAbsent reports whether the cached name list says the object
@@ -223,11 +245,11 @@ func (n *node) xattrKnownAbsent(attr string) bool {
 func (n *node) learnXattrNames(dirfd int, name string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.xattrs.known {
+	if n.xattrs.known() {
 		return
 	}
 	if names, err := listXattrNames(dirfd, name); err == nil {
-		n.xattrs.names, n.xattrs.known = names, true
+		n.xattrs = knownXattrNames(names)
 	}
 }
 

@@ -22,7 +22,9 @@ import (
 // maxDirFds bounds the cached directory descriptors of one mount.
 const maxDirFds = 4096
 
-// cachedDirFd is one node's cached descriptor. Its mutex is a leaf lock.
+// cachedDirFd is one directory node's cached descriptor. Its mutex is a
+// leaf lock. A nil cache (the node is not a directory) holds nothing and
+// keeps nothing.
 type cachedDirFd struct {
 	mu sync.Mutex
 	fd int // 0: none (descriptor 0 is never a directory we opened)
@@ -30,6 +32,9 @@ type cachedDirFd struct {
 
 // dup returns a duplicate of the cached descriptor.
 func (c *cachedDirFd) dup() (int, bool) {
+	if c == nil {
+		return -1, false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fd <= 0 {
@@ -47,6 +52,9 @@ func (c *cachedDirFd) dup() (int, bool) {
 // (so the descriptor cannot be dropped meanwhile) and must only make
 // system calls on it.
 func (c *cachedDirFd) with(fn func(fd int)) bool {
+	if c == nil {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fd <= 0 {
@@ -58,6 +66,9 @@ func (c *cachedDirFd) with(fn func(fd int)) bool {
 
 // keep caches a duplicate of fd, if there is room.
 func (c *cachedDirFd) keep(u *union, fd int) {
+	if c == nil {
+		return
+	}
 	if u.dirFds.Add(1) > maxDirFds {
 		u.dirFds.Add(-1)
 		return
@@ -79,6 +90,9 @@ func (c *cachedDirFd) keep(u *union, fd int) {
 
 // drop closes the cached descriptor.
 func (c *cachedDirFd) drop(u *union) {
+	if c == nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fd > 0 {

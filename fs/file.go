@@ -32,7 +32,7 @@ type openState struct {
 }
 
 // ioMode is how a node's open files are served.
-type ioMode int
+type ioMode uint8
 
 const (
 	ioUnset ioMode = iota
@@ -44,6 +44,9 @@ const (
 // liveUpperFd returns a descriptor of an open handle of the upper object,
 // or -1. Caller holds n.mu.
 func (n *node) liveUpperFd() int {
+	if n.opens == nil {
+		return -1
+	}
 	for f := range n.opens.live {
 		if f.upper {
 			return f.fd
@@ -190,8 +193,8 @@ func (n *node) openUpperObject(flags int) (int, error) {
 func (n *node) handOut(f *file, checkPrivileged bool) (gofs.FileHandle, uint32, syscall.Errno) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.opens.live == nil {
-		n.opens.live = map[*file]struct{}{}
+	if n.opens == nil {
+		n.opens = &openState{live: map[*file]struct{}{}}
 	}
 	want := ioFUSE
 	switch {

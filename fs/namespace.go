@@ -55,7 +55,7 @@ func (n *node) prepareSlot(name string) (*slot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open upper dir: %w", err)
 	}
-	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.upperOpaque && ll.entry(name) != nil}
+	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.opaque() && ll.entry(name) != nil}
 	var st unix.Stat_t
 	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
@@ -276,7 +276,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	t.mu.Lock()
 	if t.parent == nil && t.anonFd >= 0 {
 		t.parent, t.name = n, name
-		unix.Close(t.anonFd)
+		unix.Close(int(t.anonFd))
 		t.anonFd = -1
 	}
 	t.mu.Unlock()
@@ -323,9 +323,10 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, toErrno(err)
 	}
-	child := &node{u: n.u, kind: unix.S_IFREG, ino: n.u.upper.foldIno(st.Ino), inUpper: true, anonFd: anon}
-	n.NewInode(ctx, child, gofs.StableAttr{Mode: unix.S_IFREG, Ino: child.ino})
+	child := &node{u: n.u, kind: unix.S_IFREG, ino: n.u.upper.foldIno(st.Ino), inUpper: true, anonFd: int32(anon)}
 	n.u.nodesMu.Lock()
+	child.gen = n.u.nextGenLocked()
+	n.NewInode(ctx, child, gofs.StableAttr{Mode: unix.S_IFREG, Ino: child.ino, Gen: child.gen})
 	n.u.nodes[child.ino] = child
 	n.u.nodesMu.Unlock()
 	child.fillEntry(&st, out)
@@ -407,7 +408,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	if err != nil {
 		return err
 	}
-	needWhiteout := !n.upperOpaque && ll.entry(name) != nil
+	needWhiteout := !n.opaque() && ll.entry(name) != nil
 	dirfd, err := n.openUpperDir()
 	if err != nil {
 		return err
@@ -421,6 +422,9 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 			child.dropLowerName()
 		}
 	}
+	if removesObject(ci) {
+		n.u.objectRemoved(ci.ino)
+	}
 	if child := n.GetChild(name); child != nil {
 		if c, ok := child.Operations().(*node); ok {
 			// Other requests read c.parent under c.mu and treeMu
@@ -431,6 +435,17 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		}
 	}
 	return nil
+}
+
+// removesObject reports whether taking the name away removes the upper
+// object ci describes: a directory, or a file with no other name. (An
+// index entry lives on in the work dir; a lower object stays below its
+// whiteout.)
+func removesObject(ci *childInfo) bool {
+	if !ci.inUpper || ci.index {
+		return false
+	}
+	return ci.st.Mode&unix.S_IFMT == unix.S_IFDIR || ci.st.Nlink <= 1
 }
 
 // indexBeforeUnlink copies a hard-linked lower file into the index (its

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,10 +23,11 @@ import (
 // are hard links of one lower file share one node.
 type node struct {
 	gofs.Inode
-	u    *union
-	kind uint32 // S_IFMT; never changes
-	ino  uint64 // st_ino shown to the user; never changes
-	gen  uint64 // FUSE generation; a superseded node's successor has +1
+	// The fields are ordered by size, so the node packs without padding
+	// into the 256-byte allocation class (the size test in node_test.go
+	// holds it there): nodes are most of the daemon's memory.
+	u   *union
+	ino uint64 // st_ino shown to the user; never changes
 
 	// parent and name are one name of this node in the view, the one used
 	// to reach its upper entry. Written with u.treeMu held exclusively, or
@@ -35,43 +35,82 @@ type node struct {
 	parent *node
 	name   string
 
-	// mu guards the fields below. Lock order: u.treeMu, then a directory
-	// node's mu before its children's; two unrelated nodes in address order.
+	// mu guards the fields below it. Lock order: u.treeMu, then a
+	// directory node's mu before its children's; two unrelated nodes in
+	// address order.
 	mu sync.Mutex
-	// inUpper: the object exists in the upper layer at parent/name.
-	inUpper bool
 	// lower is the lower object this one shows or was copied from; for a
-	// metacopy upper file it is where the data still lives.
-	lower    lowerRef
+	// metacopy upper file it is where the data still lives (hasLower).
+	lower lowerRef
+	// dir is what only a directory has; nil for every other kind.
+	dir *dirState
+	// opens is the open file bookkeeping for passthrough (file.go); nil
+	// until the first open.
+	opens *openState
+	// xattrs caches the object's xattr names (see attr.go).
+	xattrs xattrNames
+	// gen is the FUSE generation, unique to the node (union.lastGen);
+	// never changes.
+	gen uint64
+
+	kind uint32 // S_IFMT; never changes
+	// lowerNames: for an index node, the number of its names that are
+	// still only in a lower layer, so st_nlink stays right.
+	lowerNames uint32
+	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
+	// -1 otherwise (see Tmpfile).
+	anonFd int32
+
+	// inUpper: the object exists in the upper layer at parent/name.
+	inUpper  bool
 	hasLower bool
 	// metacopy: the upper file holds metadata only; data is in lower.
 	metacopy bool
 	// index: the node is a hard-linked lower file whose copy lives in the
 	// work dir's index (see index.go); its names are linked to it as they
-	// are used. lowerNames counts its names that are still only in a lower
-	// layer, so st_nlink stays right.
-	index      bool
-	lowerNames uint32
-	// Directories: the lower directories merged below the upper one, the
-	// cached merge of their entries, and whether the upper one is opaque.
-	lowerDirs   lowerDirSet
-	listing     *lowerListing
-	upperOpaque bool
-	// Open file bookkeeping for passthrough (see file.go).
-	opens openState
-	// xattrs caches the object's xattr names (see attr.go).
-	xattrs xattrNames
+	// are used.
+	index bool
 	// twin: the object has, or had, a second kernel inode (see
 	// union.supersede); its attributes are not cached by the kernel.
 	twin bool
-	// listedBare: the directory's last listing gave files no attributes
-	// (plus.go).
+}
+
+// dirState is the part of a node only a directory needs. Keeping it out of
+// the node keeps the node of every other object (most of them: nodes are
+// most of the daemon's memory, one per inode the kernel holds) in a
+// smaller allocation.
+type dirState struct {
+	// lowerDirs are the lower directories merged below the upper one,
+	// listing the cached merge of their entries (built on first use).
+	lowerDirs lowerDirSet
+	listing   *lowerListing
+	// fd caches a descriptor of the directory's upper entry (dirfd.go).
+	fd cachedDirFd
+	// upperOpaque: the upper directory is opaque, hiding all below it.
+	upperOpaque bool
+	// listedBare: the last listing gave files no attributes (plus.go).
 	listedBare bool
-	// dirFd caches a descriptor of a directory's upper entry (dirfd.go).
-	dirFd cachedDirFd
-	// anonFd is a descriptor of an O_TMPFILE file that has no name yet,
-	// -1 otherwise (see Tmpfile).
-	anonFd int
+}
+
+// opaque reports whether the node is an opaque upper directory.
+func (n *node) opaque() bool { return n.dir != nil && n.dir.upperOpaque }
+
+// lowerSet is where a directory's lower content lives; empty for anything
+// else.
+func (n *node) lowerSet() lowerDirSet {
+	if n.dir == nil {
+		return lowerDirSet{}
+	}
+	return n.dir.lowerDirs
+}
+
+// dirFd is the directory's descriptor cache; nil, which caches nothing,
+// for other nodes.
+func (n *node) dirFd() *cachedDirFd {
+	if n.dir == nil {
+		return nil
+	}
+	return &n.dir.fd
 }
 
 var (
@@ -83,12 +122,12 @@ var (
 )
 
 func (u *union) newRoot() (*node, error) {
-	root := &node{u: u, kind: unix.S_IFDIR, anonFd: -1}
+	root := &node{u: u, kind: unix.S_IFDIR, anonFd: -1, dir: &dirState{}}
 	all := make([]int, len(u.lowers))
 	for i := range all {
 		all[i] = i
 	}
-	root.lowerDirs = lowerDirSet{rel: "", layers: all}
+	root.dir.lowerDirs = lowerDirSet{rel: "", layers: all}
 	var st unix.Stat_t
 	if u.upper != nil {
 		root.inUpper = true
@@ -102,8 +141,8 @@ func (u *union) newRoot() (*node, error) {
 		v, ok := overlayOpaqueValue(fd)
 		unix.Close(fd)
 		if ok && v == "y" {
-			root.upperOpaque = true
-			root.lowerDirs = lowerDirSet{}
+			root.dir.upperOpaque = true
+			root.dir.lowerDirs = lowerDirSet{}
 		}
 		root.ino = u.upper.foldIno(st.Ino)
 	} else {
@@ -137,12 +176,12 @@ func (n *node) upperRel() string {
 // openUpperDir opens this directory's upper entry as O_PATH. Caller holds
 // u.treeMu shared.
 func (n *node) openUpperDir() (int, error) {
-	if fd, ok := n.dirFd.dup(); ok {
+	if fd, ok := n.dirFd().dup(); ok {
 		return fd, nil
 	}
 	fd, err := n.u.upper.openDir(n.upperRel())
 	if err == nil && n.kind == unix.S_IFDIR {
-		n.dirFd.keep(n.u, fd)
+		n.dirFd().keep(n.u, fd)
 	}
 	return fd, err
 }
@@ -153,7 +192,7 @@ func (n *node) openUpperParent() (int, string, error) {
 	if n.parent == nil {
 		if n.anonFd >= 0 {
 			// An O_TMPFILE file with no name yet: the object itself.
-			fd, err := unix.Dup(n.anonFd)
+			fd, err := unix.Dup(int(n.anonFd))
 			return fd, "", err
 		}
 		if !n.IsRoot() {
@@ -191,7 +230,7 @@ func (n *node) withCachedUpperParent(fn func(dirfd int, name string) error) (boo
 		return false, nil
 	}
 	var err error
-	done := n.parent.dirFd.with(func(dirfd int) { err = fn(dirfd, n.name) })
+	done := n.parent.dirFd().with(func(dirfd int) { err = fn(dirfd, n.name) })
 	return done, err
 }
 
@@ -209,25 +248,29 @@ func (n *node) openObject() (int, string, error) {
 
 // lowerChildRef is where the child name of this directory lives in layer li.
 func (n *node) lowerChildRef(li int, name string) lowerRef {
-	return lowerRef{layer: li, rel: joinRel(n.lowerDirs.rel, name)}
+	return lowerRef{layer: li, rel: joinRel(n.lowerSet().rel, name)}
 }
 
 // lowerListingLocked returns the cached merge of the lower directories,
 // building it on first use. Caller holds n.mu.
 func (n *node) lowerListingLocked() (*lowerListing, error) {
-	if n.listing != nil {
-		return n.listing, nil
+	d := n.dir
+	if d == nil {
+		return &lowerListing{}, nil // not a directory: lists nothing
 	}
-	if n.lowerDirs.empty() {
-		n.listing = &lowerListing{}
-		return n.listing, nil
+	if d.listing != nil {
+		return d.listing, nil
 	}
-	ll, used, err := n.u.prefetch.listing(n.lowerDirs)
+	if d.lowerDirs.empty() {
+		d.listing = &lowerListing{}
+		return d.listing, nil
+	}
+	ll, used, err := n.u.prefetch.listing(d.lowerDirs)
 	if err != nil {
 		return nil, err
 	}
-	n.lowerDirs.layers = used
-	n.listing = ll
+	d.lowerDirs.layers = used
+	d.listing = ll
 	return ll, nil
 }
 
@@ -258,7 +301,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	child, errno := n.lookupEntry(ctx, name, out)
 	if errno == 0 && out.Attr.Mode&unix.S_IFMT != unix.S_IFDIR {
 		n.mu.Lock()
-		bare := n.listedBare
+		bare := n.dir != nil && n.dir.listedBare
 		n.mu.Unlock()
 		if bare {
 			n.u.plus.bareLookedUp()
@@ -302,7 +345,7 @@ func (n *node) lookupLocked(name string) (*childInfo, error) {
 		if err != nil || found {
 			return ci, err
 		}
-		if n.upperOpaque {
+		if n.opaque() {
 			return nil, unix.ENOENT
 		}
 	}
@@ -329,7 +372,7 @@ func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool,
 			whited = n.hasOCIWhiteout(dirfd, name)
 		}
 	}
-	statted := n.dirFd.with(statName)
+	statted := n.dirFd().with(statName)
 	if !statted || statErr == nil {
 		dirfd, err := n.openUpperDir()
 		if err != nil {
@@ -387,16 +430,16 @@ func (u *union) readUpperMeta(dirfd int, name string, ci *childInfo) {
 	// the upper layer (the common case) has none, and then no value is
 	// read.
 	if names, err := listXattrNames(dirfd, name); err == nil {
-		ci.xattrs = xattrNames{known: true, names: names}
+		ci.xattrs = knownXattrNames(names)
 	}
-	if slices.Contains(ci.xattrs.names, u.xattrPrefix+"ino") {
+	if ci.xattrs.lists(u.xattrPrefix + "ino") {
 		if v, ok := getxattrString(dirfd, name, u.xattrPrefix+"ino"); ok {
 			if ino, err := strconv.ParseUint(v, 10, 64); err == nil && ino > 1 {
 				ci.ino = ino
 			}
 		}
 	}
-	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG && slices.Contains(ci.xattrs.names, u.overlayNS+"metacopy") {
+	if ci.st.Mode&unix.S_IFMT == unix.S_IFREG && ci.xattrs.lists(u.overlayNS+"metacopy") {
 		ci.metacopy = true
 	}
 }
@@ -431,7 +474,7 @@ func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *
 		}
 	}
 	if lowerEnt != nil && lowerEnt.mode == unix.S_IFDIR {
-		ci.dirs = n.lowerDirs.child(name, lowerEnt.dirLayers)
+		ci.dirs = n.lowerSet().child(name, lowerEnt.dirLayers)
 	}
 }
 
@@ -462,7 +505,7 @@ func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowe
 	if strings.HasPrefix(redirect, "/") {
 		rel = strings.Trim(redirect, "/")
 	} else {
-		rel = joinRel(parent.lowerDirs.rel, redirect)
+		rel = joinRel(parent.lowerSet().rel, redirect)
 	}
 	set := lowerDirSet{rel: rel}
 	for i, l := range u.lowers {
@@ -495,7 +538,7 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 	ref := n.lowerChildRef(e.layer, name)
 	l := n.u.lowers[e.layer]
 	ci := &childInfo{lower: ref, hasLower: true}
-	dirfd, mustClose, err := n.listing.lowerDirFd(n.u, n.lowerDirs, e.layer)
+	dirfd, mustClose, err := n.dir.listing.lowerDirFd(n.u, n.dir.lowerDirs, e.layer)
 	if err != nil {
 		return nil, fmt.Errorf("open lower dir: %w", err)
 	}
@@ -507,9 +550,12 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 		return nil, fmt.Errorf("stat lower %q: %w", ref.rel, err)
 	}
 	ci.ino = l.foldIno(ci.st.Ino)
-	ci.xattrs.known = e.noXattrs
+	if e.noXattrs {
+		ci.xattrs = knownXattrNames(nil)
+	}
 	if e.mode == unix.S_IFDIR {
-		ci.dirs = n.lowerDirs.child(name, e.dirLayers)
+		// The same path as ref's: one string for both.
+		ci.dirs = lowerDirSet{rel: ref.rel, layers: e.dirLayers}
 	}
 	n.u.checkIndex(ci)
 	return ci, nil
@@ -529,11 +575,14 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 	}
 	defer n.u.nodesMu.Unlock()
 	fresh := &node{
-		u: n.u, kind: kind, ino: ci.ino, gen: n.u.gens[ci.ino], twin: n.u.gens[ci.ino] > 0, parent: n, name: name,
+		u: n.u, kind: kind, ino: ci.ino, gen: n.u.nextGenLocked(), parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
-		lowerDirs: ci.dirs, upperOpaque: ci.opaque, index: ci.index, lowerNames: ci.lowerNames,
-		anonFd: -1,
+		index: ci.index, lowerNames: ci.lowerNames, anonFd: -1,
 	}
+	if kind == unix.S_IFDIR {
+		fresh.dir = &dirState{lowerDirs: ci.dirs, upperOpaque: ci.opaque}
+	}
+	_, fresh.twin = n.u.twins[ci.ino]
 	if !ci.index {
 		// An index entry's xattrs are those of its copy in the work dir.
 		fresh.xattrs = ci.xattrs
@@ -541,6 +590,24 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
 	return fresh
+}
+
+// nextGenLocked is the generation of a new node. Caller holds u.nodesMu.
+func (u *union) nextGenLocked() uint64 {
+	u.lastGen++
+	return u.lastGen
+}
+
+// objectRemoved takes the node of a removed upper object out of the table.
+// The kernel may hold that node a while yet (its FORGET can come late,
+// over FUSE io_uring especially), and the upper filesystem may give the
+// inode number to the next object it makes; that object must get a node
+// of its own, not the removed one's. Call it only when the object is gone:
+// not for one name of several hard links.
+func (u *union) objectRemoved(ino uint64) {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	delete(u.nodes, ino)
 }
 
 // nodeFor returns the live node with inode number ino, if any.
@@ -558,9 +625,7 @@ func (u *union) supersede(n *node) {
 	if u.nodes[n.ino] == n {
 		delete(u.nodes, n.ino)
 	}
-	if u.gens[n.ino] <= n.gen {
-		u.gens[n.ino] = n.gen + 1
-	}
+	u.twins[n.ino] = struct{}{}
 	n.twin = true
 	go n.NotifyContent(0, 0) // drop the attributes the kernel holds now
 }
@@ -580,13 +645,13 @@ func (n *node) adoptName(parent *node, name string) {
 // OnForget drops the node from the union's table once the kernel and
 // go-fuse let go of it.
 func (n *node) OnForget() {
-	n.dirFd.drop(n.u)
+	n.dirFd().drop(n.u)
 	n.mu.Lock()
-	if n.listing != nil {
-		n.listing.closeDirFds(n.u)
+	if n.dir != nil && n.dir.listing != nil {
+		n.dir.listing.closeDirFds(n.u)
 	}
 	if n.anonFd >= 0 {
-		unix.Close(n.anonFd)
+		unix.Close(int(n.anonFd))
 		n.anonFd = -1
 	}
 	n.mu.Unlock()
@@ -614,7 +679,8 @@ func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 	if n.index && a.Nlink > 0 {
 		a.Nlink = a.Nlink - 1 + n.lowerNames
 	}
-	merged := n.inUpper && !n.upperOpaque && !n.lowerDirs.empty() || len(n.lowerDirs.layers) > 1
+	lower := n.lowerSet()
+	merged := n.inUpper && !n.opaque() && !lower.empty() || len(lower.layers) > 1
 	if n.kind == unix.S_IFDIR && merged {
 		// overlayfs does not count subdirectories of a merged
 		// directory; nlink 1 tells find and others not to rely on it.

@@ -99,7 +99,7 @@ func (h *dirHandle) load() error {
 func (h *dirHandle) decideAttrs(ents []fuse.DirEntry) {
 	h.filesWithAttrs = h.n.u.plus.filesWithAttrs()
 	h.n.mu.Lock()
-	h.n.listedBare = !h.filesWithAttrs
+	h.n.dir.listedBare = !h.filesWithAttrs
 	h.n.mu.Unlock()
 	if h.filesWithAttrs {
 		return
@@ -166,7 +166,7 @@ func (n *node) mergedEntries(withIno bool) ([]fuse.DirEntry, error) {
 		if err != nil {
 			return nil, err
 		}
-		if n.upperOpaque {
+		if n.opaque() {
 			return out, nil
 		}
 	}

@@ -108,6 +108,9 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	}
 	if dstExists {
 		dst.node.detachFrom(np, newName)
+		if dst.removable && dst.node != src.node {
+			n.u.objectRemoved(dst.node.ino)
+		}
 	}
 	src.node.moved(np, newName)
 	return nil
@@ -147,6 +150,9 @@ func (n *node) renameBacking(sdir int, name string, ddir int, newName string, le
 type found struct {
 	node  *node
 	isDir bool
+	// removable: replacing the name removes its upper object
+	// (removesObject).
+	removable bool
 }
 
 // lookupChild finds name and its node. Caller holds u.treeMu.
@@ -156,7 +162,7 @@ func (n *node) lookupChild(name string) (*found, error) {
 		return nil, err
 	}
 	c := n.newChild(ctx0, name, ci)
-	return &found{node: c, isDir: c.kind == unix.S_IFDIR}, nil
+	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci)}, nil
 }
 
 // checkRename applies rename(2)'s rules on types, emptiness and flags.
@@ -197,7 +203,7 @@ func checkRename(src, dst *found, dstExists bool, flags uint32) error {
 func (n *node) hasLowerName(name string) (bool, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.upperOpaque {
+	if n.opaque() {
 		return false, nil
 	}
 	ll, err := n.lowerListingLocked()
@@ -216,18 +222,18 @@ func (n *node) prepareMove(dirfd int, name string, newPlaceHasLower bool) error 
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.upperOpaque && !n.lowerDirs.empty() {
-		redirect := "/" + n.lowerDirs.rel
+	if !n.dir.upperOpaque && !n.dir.lowerDirs.empty() {
+		redirect := "/" + n.dir.lowerDirs.rel
 		if err := setxattrAt(dirfd, name, n.u.overlayNS+"redirect", []byte(redirect), 0); err != nil {
 			return fmt.Errorf("set redirect: %w", err)
 		}
 		return nil
 	}
-	if newPlaceHasLower && !n.upperOpaque {
+	if newPlaceHasLower && !n.dir.upperOpaque {
 		if err := n.u.markOpaque(dirfd, name); err != nil {
 			return fmt.Errorf("set opaque: %w", err)
 		}
-		n.upperOpaque = true
+		n.dir.upperOpaque = true
 	}
 	return nil
 }

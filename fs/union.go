@@ -44,10 +44,16 @@ type union struct {
 	// holds it shared while it resolves a path to a descriptor.
 	treeMu sync.RWMutex
 
-	// nodes maps inode numbers to live nodes; see node.newChild.
+	// nodes maps inode numbers to live nodes; see node.newChild. Every
+	// node gets the next generation, lastGen+1, so a node that left the
+	// table but is still held by the kernel never shares go-fuse's
+	// identity (mode, inode number, generation) with its successor.
+	// twins are the inode numbers whose objects have, or had, a second
+	// kernel inode (see supersede).
 	nodesMu sync.Mutex
 	nodes   map[uint64]*node
-	gens    map[uint64]uint64 // next generation of superseded inode numbers
+	lastGen uint64
+	twins   map[uint64]struct{}
 
 	wfmt whiteout.Format
 	// xattrPrefix is strata's own bookkeeping namespace, inside overlay's
@@ -92,7 +98,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, gens: map[uint64]uint64{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}}
 	ok := false
 	defer func() {
 		if !ok {

@@ -1,0 +1,107 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A removed (or replaced) file the kernel still holds (here through an O_PATH descriptor,
+// which makes the daemon open nothing) must stay a different inode from a
+// file made after it, even when the upper filesystem gives the new file the
+// removed one's inode number, as ext4 does at once. Strata once handed the
+// new name the removed file's node, so the held descriptor showed the new
+// file's attributes, and stale state of the old node (its lower file, its
+// cached descriptors) could serve the new name. Checked on kernel overlayfs
+// too, which keeps the upper inode pinned and so never sees the number
+// again.
+func TestNewFileReusingARemovedInodeNumberIsANewInode(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(lower, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	for _, v := range []*view{p.oracle, p.sut} {
+		t.Run(v.target.name(), func(t *testing.T) {
+			reused := 0
+			v.guarded("removing and making files", func() { reused = removeAndRemake(t, v, 8) })
+			if v.hung != "" {
+				t.Fatalf("hung during %s", v.hung)
+			}
+			if v == p.sut && reused == 0 {
+				t.Fatalf("the upper layer never reused an inode number, so nothing was checked")
+			}
+		})
+	}
+}
+
+// removeAndRemake removes a held file and makes another, rounds times, and
+// checks each pair: the file is unlinked, or replaced by a rename. It
+// returns how often the upper layer reused the
+// removed file's inode number.
+func removeAndRemake(t *testing.T, v *view, rounds int) (reused int) {
+	for i := range rounds {
+		old, fresh := filepath.Join(v.mnt, fmt.Sprintf("old%d", i)), filepath.Join(v.mnt, fmt.Sprintf("new%d", i))
+		if err := os.WriteFile(old, []byte("old"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		oldUpperIno := upperIno(t, v, old)
+		held, err := unix.Open(old, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(held)
+		// Even rounds unlink the file, odd ones rename another over it.
+		if i%2 == 0 {
+			if err := os.Remove(old); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			spare := old + ".spare"
+			if err := os.WriteFile(spare, []byte("spare"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(spare, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(fresh, []byte("fresher"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if upperIno(t, v, fresh) == oldUpperIno {
+			reused++
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(fresh, &st); err != nil || st.Size != 7 || st.Nlink != 1 || st.Mode&0o777 != 0o600 {
+			t.Fatalf("round %d: stat of the new file: %v size=%d nlink=%d mode=%o", i, err, st.Size, st.Nlink, st.Mode)
+		}
+		if got, err := os.ReadFile(fresh); err != nil || string(got) != "fresher" {
+			t.Fatalf("round %d: read of the new file: %q, %v", i, got, err)
+		}
+		// The held file is gone: overlayfs shows its last attributes
+		// with no link, strata fails the stat. Neither may show the new
+		// file.
+		if err := unix.Fstat(held, &st); err == nil && (st.Nlink != 0 || st.Size != 3) {
+			t.Fatalf("round %d: the removed file shows nlink=%d size=%d mode=%o: the new file's inode", i, st.Nlink, st.Size, st.Mode)
+		}
+	}
+	return reused
+}
+
+// upperIno is the inode number of the upper entry behind a path of the
+// view.
+func upperIno(t *testing.T, v *view, path string) uint64 {
+	rel, err := filepath.Rel(v.mnt, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(v.dirs.upper, rel), &st); err != nil {
+		t.Fatalf("upper entry of %s: %v", rel, err)
+	}
+	return st.Ino
+}
