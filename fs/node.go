@@ -799,17 +799,25 @@ func (n *node) attrTimeout(out *fuse.AttrOut) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	buf := make([]byte, unix.PathMax)
-	var sz int
-	err := n.withObject(currentObject, func(dirfd int, name string) error {
-		var err error
-		sz, err = unix.Readlinkat(dirfd, name, buf)
-		return err
-	})
-	if err != nil {
-		return nil, toErrno(err)
+	// Most targets are short: a small buffer first, and the longest a
+	// target can be only if that one fills up (it may have cut the
+	// target short).
+	for _, size := range []int{128, unix.PathMax} {
+		buf := make([]byte, size)
+		var sz int
+		err := n.withObject(currentObject, func(dirfd int, name string) error {
+			var err error
+			sz, err = unix.Readlinkat(dirfd, name, buf)
+			return err
+		})
+		if err != nil {
+			return nil, toErrno(err)
+		}
+		if sz < size {
+			return buf[:sz], 0
+		}
 	}
-	return buf[:sz], 0
+	return nil, syscall.ENAMETOOLONG
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

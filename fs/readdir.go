@@ -1,10 +1,12 @@
 package fs
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/fnv"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"syscall"
@@ -84,7 +86,7 @@ func (h *dirHandle) load() error {
 	for i := range ents {
 		ents[i].Off = nameCookie(ents[i].Name)
 	}
-	sort.Slice(ents, func(i, j int) bool { return ents[i].Off < ents[j].Off })
+	slices.SortFunc(ents, func(a, b fuse.DirEntry) int { return cmp.Compare(a.Off, b.Off) })
 	h.entries = append([]fuse.DirEntry{
 		{Name: ".", Mode: unix.S_IFDIR, Ino: h.n.ino, Off: dotCookie},
 		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno, Off: dotDotCookie},
