@@ -108,8 +108,13 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	}
 	if dstExists {
 		dst.node.detachFrom(np, newName)
-		if dst.removable && dst.node != src.node {
+		if dst.removable {
 			n.u.objectRemoved(dst.node.ino)
+		}
+		if dst.lowerOnlyLink {
+			if err := dst.node.dropLowerName(); err != nil {
+				return err
+			}
 		}
 	}
 	src.node.moved(np, newName)
@@ -153,6 +158,10 @@ type found struct {
 	// removable: replacing the name removes its upper object
 	// (removesObject).
 	removable bool
+	// lowerOnlyLink: the name is one of an indexed node's names that are
+	// still only in a lower layer (index.go); replacing it leaves the
+	// node one name fewer.
+	lowerOnlyLink bool
 }
 
 // lookupChild finds name and its node. Caller holds u.treeMu.
@@ -162,7 +171,7 @@ func (n *node) lookupChild(name string) (*found, error) {
 		return nil, err
 	}
 	c := n.newChild(ctx0, name, ci)
-	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci)}, nil
+	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci), lowerOnlyLink: ci.index && !ci.inUpper}, nil
 }
 
 // checkRename applies rename(2)'s rules on types, emptiness and flags.

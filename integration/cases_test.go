@@ -425,6 +425,11 @@ func TestIdentity(t *testing.T) {
 			opLink("h/a", "h/d"), opStat("h/b"), opUnlink("h/c"), opStat("h/a"), opWrite("h/d", 0, "D"), opRead("h/b"),
 		}},
 		{name: "hardlinks-rename-one-name", stack: stack, ops: []op{opRename("h/a", "moved", 0), opChmod("moved", 0o640), opStat("h/b"), opRename("h", "h2", 0)}},
+		// Renaming a file over a name still only in the lower layer
+		// takes one name from the copied-up inode.
+		{name: "hardlinks-rename-over-lower-name", stack: stack, ops: []op{
+			opRename("h/a", "moved", 0), opRename("solo", "h/b", 0), opStat("moved"), opStat("h/c"), opRename("top", "h/c", 0), opStat("moved"),
+		}},
 		{
 			name: "layers-on-different-filesystems",
 			stack: []layer{
