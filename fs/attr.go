@@ -22,6 +22,9 @@ var (
 // Setattr changes mode, owner, size and times. A lower object is copied up
 // first: metadata only, unless the size changes to something other than 0.
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if c := n.current(); c != n {
+		return c.Setattr(ctx, fh, in, out)
+	}
 	if err := n.setattr(fh, in); err != nil {
 		return toErrno(err)
 	}
@@ -310,6 +313,9 @@ func atFlags(name string) int {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if c := n.current(); c != n {
+		return c.Getxattr(ctx, attr, dest)
+	}
 	if isPrivateXattr(attr) || n.xattrKnownAbsent(attr) {
 		return 0, syscall.ENODATA
 	}
@@ -328,6 +334,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if c := n.current(); c != n {
+		return c.Listxattr(ctx, dest)
+	}
 	var names []string
 	err := n.withObject(currentObject, func(dirfd int, name string) error {
 		var err error
@@ -354,6 +363,9 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 
 // Setxattr and Removexattr copy the object up (metadata only) first.
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if c := n.current(); c != n {
+		return c.Setxattr(ctx, attr, data, flags)
+	}
 	if isPrivateXattr(attr) {
 		return syscall.EPERM
 	}
@@ -363,6 +375,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if c := n.current(); c != n {
+		return c.Removexattr(ctx, attr)
+	}
 	if isPrivateXattr(attr) {
 		return syscall.ENODATA
 	}

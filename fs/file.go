@@ -19,10 +19,11 @@ import (
 // backing file per node and, if passthrough and FUSE-served handles of one
 // node are mixed, releases the backing file when a FUSE-served handle
 // closes (the kernel then fails the passthrough open with EIO). So a node
-// keeps the first mode it hands out for its whole life: passthrough on the
-// lower file, passthrough on the upper file, or served through FUSE. An
-// open that needs another mode supersedes the node (see handOut). Guarded
-// by node.mu.
+// keeps the mode of its first open while any of its handles is open:
+// passthrough on the lower file, passthrough on the upper file, or served
+// through FUSE. An open that needs another mode meanwhile supersedes the
+// node (see handOut); once the last handle is released, the next open
+// sets the mode again. Guarded by node.mu.
 type openState struct {
 	mode ioMode
 	// live are the open handles of the upper object: once every name of
@@ -112,8 +113,13 @@ const openFlagsKept = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_
 const writeAccess = unix.O_WRONLY | unix.O_RDWR
 
 // Open opens the backing file, copying it up first when the open may
-// change it.
+// change it. A superseded node answers ESTALE, as at the moment it was
+// superseded (handOut): the kernel looks the path up again and opens the
+// successor.
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if n.current() != n {
+		return nil, 0, syscall.ESTALE
+	}
 	f, err := n.open(int(flags))
 	if err != nil {
 		return nil, 0, toErrno(err)
@@ -296,6 +302,11 @@ func callerInGroup(c *fuse.Context, gid uint32) bool {
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
 	delete(f.n.opens.live, f)
+	if len(f.n.opens.live) == 0 {
+		// The kernel has let go of every file of the inode (it sends
+		// RELEASE after that), so the next open may take another mode.
+		f.n.opens.mode = ioUnset
+	}
 	f.n.mu.Unlock()
 	return toErrno(unix.Close(f.fd))
 }

@@ -247,6 +247,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if !ok {
 		return nil, syscall.EXDEV
 	}
+	t = t.current()
 	if err := t.copyUp(ctx, true); err != nil {
 		return nil, toErrno(err)
 	}

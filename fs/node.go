@@ -608,6 +608,14 @@ func (u *union) objectRemoved(ino uint64) {
 	u.nodesMu.Lock()
 	defer u.nodesMu.Unlock()
 	delete(u.nodes, ino)
+	// Its superseded nodes no longer stand for anything in the table: the
+	// next node of this number is another object's.
+	for old, oldIno := range u.superseded {
+		if oldIno == ino {
+			delete(u.superseded, old)
+		}
+	}
+	delete(u.twins, ino)
 }
 
 // nodeFor returns the live node with inode number ino, if any.
@@ -626,8 +634,31 @@ func (u *union) supersede(n *node) {
 		delete(u.nodes, n.ino)
 	}
 	u.twins[n.ino] = struct{}{}
+	u.superseded[n] = n.ino
+	u.anySuperseded.Store(true)
 	n.twin = true
 	go n.NotifyContent(0, 0) // drop the attributes the kernel holds now
+}
+
+// current is the node that stands for n's object now: n itself, or for a
+// superseded node the one in the table. The kernel still sends requests to
+// a superseded node by its node id (a stat through a dentry it keeps); its
+// own name and state stop following the object once the successor is
+// renamed, linked or copied up, so everything but I/O on handles it
+// already opened goes to the successor. Caller holds no node's mu.
+func (n *node) current() *node {
+	if !n.u.anySuperseded.Load() {
+		return n
+	}
+	n.u.nodesMu.Lock()
+	defer n.u.nodesMu.Unlock()
+	if _, ok := n.u.superseded[n]; !ok {
+		return n
+	}
+	if c := n.u.nodes[n.ino]; c != nil && c.kind == n.kind {
+		return c
+	}
+	return n
 }
 
 // adoptName gives a known node the name it was just found under when its
@@ -659,6 +690,7 @@ func (n *node) OnForget() {
 	if n.u.nodes[n.ino] == n {
 		delete(n.u.nodes, n.ino)
 	}
+	delete(n.u.superseded, n)
 	n.u.nodesMu.Unlock()
 }
 
@@ -749,6 +781,9 @@ func (n *node) lowerBlocks(st *unix.Stat_t) {
 }
 
 func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if c := n.current(); c != n {
+		return c.Getattr(ctx, fh, out)
+	}
 	if f := asFile(fh); f != nil {
 		var st unix.Stat_t
 		if err := unix.Fstat(f.fd, &st); err != nil {
@@ -799,6 +834,9 @@ func (n *node) attrTimeout(out *fuse.AttrOut) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if c := n.current(); c != n {
+		return c.Readlink(ctx)
+	}
 	// Most targets are short: a small buffer first, and the longest a
 	// target can be only if that one fills up (it may have cut the
 	// target short).

@@ -50,10 +50,16 @@ type union struct {
 	// identity (mode, inode number, generation) with its successor.
 	// twins are the inode numbers whose objects have, or had, a second
 	// kernel inode (see supersede).
-	nodesMu sync.Mutex
-	nodes   map[uint64]*node
-	lastGen uint64
-	twins   map[uint64]struct{}
+	// superseded are the nodes taken out of the table by supersede that
+	// the kernel still holds, with their objects' inode numbers;
+	// anySuperseded says whether there ever were any, so the common case
+	// skips the lock (see node.current).
+	nodesMu       sync.Mutex
+	nodes         map[uint64]*node
+	lastGen       uint64
+	twins         map[uint64]struct{}
+	superseded    map[*node]uint64
+	anySuperseded atomic.Bool
 
 	wfmt whiteout.Format
 	// xattrPrefix is strata's own bookkeeping namespace, inside overlay's
@@ -98,7 +104,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}}
 	ok := false
 	defer func() {
 		if !ok {

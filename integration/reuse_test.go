@@ -105,3 +105,67 @@ func upperIno(t *testing.T, v *view, path string) uint64 {
 	}
 	return st.Ino
 }
+
+// A node the kernel still holds after strata superseded it must keep
+// following its object when the successor is renamed. Here a setuid file
+// open for reading (served by passthrough) is opened for writing, which
+// strata serves itself (it must drop the setuid bit on a write): the file
+// gets a second kernel inode, and a stat or open through another hard link
+// the kernel cached still reaches the superseded one.
+func TestSupersededNodeFollowsItsObject(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(filepath.Join(lower, "h"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	results := map[string]string{}
+	for _, v := range []*view{p.oracle, p.sut} {
+		v.guarded("writing, renaming and reading hard links", func() { results[v.target.name()] = renameSupersededLink(t, v.mnt) })
+		if v.hung != "" {
+			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+		}
+	}
+	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
+		t.Fatalf("after the rename, the other name shows\noracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
+	}
+}
+
+// renameSupersededLink makes a setuid file h/a with a second name h/b,
+// writes h/a while a read-only handle is open, renames it, and reports
+// what h/b shows.
+func renameSupersededLink(t *testing.T, mnt string) string {
+	a, b := filepath.Join(mnt, "h", "a"), filepath.Join(mnt, "h", "b")
+	if err := os.WriteFile(a, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(a, 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a, b); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	var st unix.Stat_t
+	if err := unix.Stat(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(a, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("newer")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := os.Rename(a, filepath.Join(mnt, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	statErr := unix.Stat(b, &st)
+	content, readErr := os.ReadFile(b)
+	return fmt.Sprintf("stat: %v mode=%o nlink=%d size=%d; read: %q %v", statErr, st.Mode, st.Nlink, st.Size, content, readErr)
+}
