@@ -35,6 +35,15 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	if dstExists && src.node == dst.node {
 		return nil // two names of one inode: rename(2) does nothing
 	}
+	// Both parents first: the name being moved may be a hard link whose
+	// node was copied up through another name in another directory, and
+	// linking this name up needs its own directory in the upper layer.
+	if err := np.copyUpLocked(false); err != nil {
+		return err
+	}
+	if err := n.copyUpLocked(false); err != nil {
+		return err
+	}
 	if err := src.node.copyUpLocked(false); err != nil {
 		return err
 	}
@@ -48,12 +57,6 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 		if err := dst.node.linkUpName(np, newName); err != nil {
 			return err
 		}
-	}
-	if err := np.copyUpLocked(false); err != nil {
-		return err
-	}
-	if err := n.copyUpLocked(false); err != nil {
-		return err
 	}
 	srcWhiteout, err := n.hasLowerName(name)
 	if err != nil {

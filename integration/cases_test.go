@@ -425,6 +425,12 @@ func TestIdentity(t *testing.T) {
 			opLink("h/a", "h/d"), opStat("h/b"), opUnlink("h/c"), opStat("h/a"), opWrite("h/d", 0, "D"), opRead("h/b"),
 		}},
 		{name: "hardlinks-rename-one-name", stack: stack, ops: []op{opRename("h/a", "moved", 0), opChmod("moved", 0o640), opStat("h/b"), opRename("h", "h2", 0)}},
+		// A name in another directory than the one the copy-up went
+		// through: its directory is copied up before the name is
+		// linked up and moved.
+		{name: "hardlinks-rename-name-in-other-dir", stack: []layer{{file("p/a", "linked"), hardlink("q/b", "p/a"), file("r/c", "c")}}, ops: []op{
+			opWrite("p/a", 0, "L"), opRename("q/b", "moved", 0), opStat("moved"), opRead("p/a"), opRename("r/c", "p/a", unix.RENAME_EXCHANGE), opRead("r/c"),
+		}},
 		// Renaming a file over a name still only in the lower layer
 		// takes one name from the copied-up inode.
 		{name: "hardlinks-rename-over-lower-name", stack: stack, ops: []op{
