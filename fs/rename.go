@@ -58,6 +58,13 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 			return err
 		}
 	}
+	if dstExists && flags&unix.RENAME_EXCHANGE == 0 && !dst.isDir {
+		// A hard-linked lower file loses a name as unlink would take it:
+		// into the index first, so its other names count one link less.
+		if err := np.indexBeforeReplace(newName, dst); err != nil {
+			return err
+		}
+	}
 	srcWhiteout, err := n.hasLowerName(name)
 	if err != nil {
 		return err
@@ -175,6 +182,19 @@ func (n *node) lookupChild(name string) (*found, error) {
 	}
 	c := n.newChild(ctx0, name, ci)
 	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci), lowerOnlyLink: ci.index && !ci.inUpper}, nil
+}
+
+// indexBeforeReplace is indexBeforeUnlink for the target of a rename.
+func (n *node) indexBeforeReplace(name string, dst *found) error {
+	ci, err := n.lookupName(name)
+	if err != nil {
+		return err
+	}
+	if ci, err = n.indexBeforeUnlink(name, ci); err != nil {
+		return err
+	}
+	dst.lowerOnlyLink = ci.index && !ci.inUpper
+	return nil
 }
 
 // checkRename applies rename(2)'s rules on types, emptiness and flags.

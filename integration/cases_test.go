@@ -425,6 +425,9 @@ func TestIdentity(t *testing.T) {
 			opLink("h/a", "h/d"), opStat("h/b"), opUnlink("h/c"), opStat("h/a"), opWrite("h/d", 0, "D"), opRead("h/b"),
 		}},
 		{name: "hardlinks-rename-one-name", stack: stack, ops: []op{opRename("h/a", "moved", 0), opChmod("moved", 0o640), opStat("h/b"), opRename("h", "h2", 0)}},
+		// Renaming over one name of a lower file that was never
+		// copied up leaves the others one link fewer, as unlink does.
+		{name: "hardlinks-rename-over-never-copied", stack: stack, ops: []op{opRename("solo", "h/b", 0), opStat("h/a"), opStat("h/c"), opRead("h/b")}},
 		// A name in another directory than the one the copy-up went
 		// through: its directory is copied up before the name is
 		// linked up and moved.
