@@ -319,7 +319,12 @@ func mtimeTouched(o op) []string {
 		if o.Flags&unix.O_CREAT != 0 {
 			out = append(out, parentOf(o.Path))
 		}
-		if o.Flags&unix.O_TRUNC != 0 {
+		// An open for writing, even with no write after it: kernel
+		// overlayfs with metacopy=on copies a metacopy file's data up
+		// then and leaves the upper file's mtime at the time of that
+		// copy (checked on 6.18: chmod, then open O_WRONLY). strata
+		// keeps the mtime; neither is compared.
+		if o.Flags&unix.O_TRUNC != 0 || o.Flags&(unix.O_WRONLY|unix.O_RDWR) != 0 {
 			out = append(out, o.Path)
 		}
 		return out
