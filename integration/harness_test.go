@@ -265,15 +265,20 @@ func (ti *timedInodes) checker(final *tree) func(p string) bool {
 }
 
 // oracleIno is the oracle's st_ino for p, looked up relative to the mount
-// root so paths near PATH_MAX work.
-func (ti *timedInodes) oracleIno(p string) (uint64, bool) {
+// root so paths near PATH_MAX work; with follow, of what a symlink at p
+// points to.
+func (ti *timedInodes) oracleIno(p string, follow bool) (uint64, bool) {
 	root, err := unix.Open(ti.oracleMnt, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, false
 	}
 	defer unix.Close(root)
 	var st unix.Stat_t
-	if err := unix.Fstatat(root, rel(p), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if follow {
+		flags = 0
+	}
+	if err := unix.Fstatat(root, rel(p), &st, flags); err != nil {
 		return 0, false
 	}
 	return st.Ino, true
@@ -291,7 +296,12 @@ func parentOf(p string) string {
 // runs on the oracle.
 func (ti *timedInodes) beforeOp(o op) {
 	for _, p := range mtimeTouched(o) {
-		if ino, ok := ti.oracleIno(p); ok {
+		if ino, ok := ti.oracleIno(p, false); ok {
+			delete(ti.clean, ino)
+		}
+		// Writes, truncates and opens follow a symlink at p: its target
+		// changes.
+		if ino, ok := ti.oracleIno(p, true); ok {
 			delete(ti.clean, ino)
 		}
 	}
@@ -300,7 +310,7 @@ func (ti *timedInodes) beforeOp(o op) {
 // afterOp marks the target of a successful utimensat as timed again.
 func (ti *timedInodes) afterOp(o op, r opResult) {
 	if o.Kind == "utimens" && r.Err == "" {
-		if ino, ok := ti.oracleIno(o.Path); ok {
+		if ino, ok := ti.oracleIno(o.Path, false); ok {
 			ti.clean[ino] = true
 		}
 	}
