@@ -63,7 +63,17 @@
 // A node is one inode of the view, keyed by inode number in union.nodes
 // (go-fuse merges nodes only after Lookup returns; rename and remove need
 // the node the kernel knows). Lower paths are fixed for the life of a node;
-// the upper path is derived from parent/name links.
+// the upper path is derived from parent/name links. Every node gets a FUSE
+// generation of its own, so go-fuse never takes a new node for an old one
+// it still holds. When the last name of an upper object goes (unlink,
+// rmdir, a rename over it), its node leaves the table at once: the kernel
+// may hold the node a while yet, and the upper filesystem may give the
+// freed inode number to the next object it makes.
+//
+// Memory: a node is allocated for every inode the kernel holds, so it is
+// kept in Go's 256-byte allocation class (node_test.go): what only a
+// directory needs lives in dirState, open-file bookkeeping is allocated at
+// the first open, the xattr name cache is one pointer.
 //
 // Lock order, outermost first:
 //
@@ -145,12 +155,15 @@
 // inode, and retries the open there. Old handles keep reading the lower
 // content (kernel overlayfs since 4.19 moves them to the
 // copy instead). While an object has two kernel inodes, neither caches its
-// attributes. Writes to files with set-id bits or a capability are served
-// through FUSE, never by passthrough, so privileges drop as the writer.
-// A node keeps the first way it served a file (passthrough on the lower
-// file, on the upper file, or through FUSE) for its life; any other need
-// supersedes it, because go-fuse and the kernel both misbehave when one
-// inode mixes them (file.go, openState).
+// attributes, and the superseded node sends every request but I/O on its
+// open handles to the node now in the table (node.current): its own name
+// would go stale when the file is renamed. Writes to files with set-id
+// bits or a capability are served through FUSE, never by passthrough, so
+// privileges drop as the writer. A node keeps the way it serves a file
+// (passthrough on the lower file, on the upper file, or through FUSE)
+// while any of its handles is open; another need meanwhile supersedes it,
+// because go-fuse and the kernel both misbehave when one inode mixes them
+// (file.go, openState).
 //
 // # Serving
 //
