@@ -423,9 +423,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 			child.dropLowerName()
 		}
 	}
-	if removesObject(ci) {
-		n.u.objectRemoved(ci.ino)
-	}
+	var gone *node
 	if child := n.GetChild(name); child != nil {
 		if c, ok := child.Operations().(*node); ok {
 			// Other requests read c.parent under c.mu and treeMu
@@ -433,7 +431,11 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 			c.mu.Lock()
 			c.detachFrom(n, name)
 			c.mu.Unlock()
+			gone = c
 		}
+	}
+	if removesObject(ci) {
+		n.u.objectRemoved(ci.ino, gone, &ci.st)
 	}
 	return nil
 }

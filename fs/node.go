@@ -604,9 +604,20 @@ func (u *union) nextGenLocked() uint64 {
 // inode number to the next object it makes; that object must get a node
 // of its own, not the removed one's. Call it only when the object is gone:
 // not for one name of several hard links.
-func (u *union) objectRemoved(ino uint64) {
+//
+// gone is the node the kernel knows for the removed name, if any, and st
+// the object's attributes just before: as on overlayfs, a stat through a
+// descriptor the kernel still holds (O_PATH, a working directory) shows
+// them with no link, until the kernel forgets the node.
+func (u *union) objectRemoved(ino uint64, gone *node, st *unix.Stat_t) {
 	u.nodesMu.Lock()
 	defer u.nodesMu.Unlock()
+	if gone != nil {
+		last := *st
+		last.Nlink = 0
+		last.Ctim = unix.NsecToTimespec(time.Now().UnixNano())
+		u.removed[gone] = last
+	}
 	delete(u.nodes, ino)
 	// Its superseded nodes no longer stand for anything in the table: the
 	// next node of this number is another object's.
@@ -616,6 +627,15 @@ func (u *union) objectRemoved(ino uint64) {
 		}
 	}
 	delete(u.twins, ino)
+}
+
+// removedStat returns the last attributes of n's object if it was
+// removed (objectRemoved).
+func (u *union) removedStat(n *node) (unix.Stat_t, bool) {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	st, ok := u.removed[n]
+	return st, ok
 }
 
 // nodeFor returns the live node with inode number ino, if any.
@@ -691,6 +711,7 @@ func (n *node) OnForget() {
 		delete(n.u.nodes, n.ino)
 	}
 	delete(n.u.superseded, n)
+	delete(n.u.removed, n)
 	n.u.nodesMu.Unlock()
 }
 
@@ -725,6 +746,10 @@ func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
 func (n *node) statLocked(st *unix.Stat_t) error {
 	if n.inUpper {
 		if err := n.statUpper(st); err != nil {
+			if last, ok := n.u.removedStat(n); ok && n.parent == nil {
+				*st = last
+				return nil
+			}
 			return err
 		}
 		if n.metacopy {

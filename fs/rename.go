@@ -119,7 +119,7 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	if dstExists {
 		dst.node.detachFrom(np, newName)
 		if dst.removable {
-			n.u.objectRemoved(dst.node.ino)
+			n.u.objectRemoved(dst.node.ino, dst.node, &dst.st)
 		}
 		if dst.lowerOnlyLink {
 			if err := dst.node.dropLowerName(); err != nil {
@@ -166,8 +166,9 @@ type found struct {
 	node  *node
 	isDir bool
 	// removable: replacing the name removes its upper object
-	// (removesObject).
+	// (removesObject); st is the object's stat then.
 	removable bool
+	st        unix.Stat_t
 	// lowerOnlyLink: the name is one of an indexed node's names that are
 	// still only in a lower layer (index.go); replacing it leaves the
 	// node one name fewer.
@@ -181,7 +182,7 @@ func (n *node) lookupChild(name string) (*found, error) {
 		return nil, err
 	}
 	c := n.newChild(ctx0, name, ci)
-	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci), lowerOnlyLink: ci.index && !ci.inUpper}, nil
+	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci), st: ci.st, lowerOnlyLink: ci.index && !ci.inUpper}, nil
 }
 
 // indexBeforeReplace is indexBeforeUnlink for the target of a rename.

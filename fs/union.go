@@ -60,6 +60,9 @@ type union struct {
 	twins         map[uint64]struct{}
 	superseded    map[*node]uint64
 	anySuperseded atomic.Bool
+	// removed holds the last attributes of removed upper objects whose
+	// nodes the kernel still holds (see union.objectRemoved).
+	removed map[*node]unix.Stat_t
 
 	wfmt whiteout.Format
 	// xattrPrefix is strata's own bookkeeping namespace, inside overlay's
@@ -104,7 +107,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
 	ok := false
 	defer func() {
 		if !ok {
