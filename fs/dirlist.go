@@ -52,8 +52,11 @@ type lowerListing struct {
 	// dirFds are descriptors of the merged lower directories, opened by
 	// the lookups of their entries and kept for the next ones (a
 	// READDIRPLUS looks up every entry), within the mount's budget of
-	// cached directory descriptors (dirfd.go). Guarded by the owning
-	// node's mu; closed when the node is forgotten.
+	// cached directory descriptors (dirfd.go). Closed when the node is
+	// forgotten. fdMu, a leaf lock, guards the slice; the owning node's
+	// mu keeps a descriptor handed out open (closeDirFds needs it too),
+	// and a child's stat uses one under fdMu alone (withLayerDirFd).
+	fdMu   sync.Mutex
 	dirFds []layerDirFd
 }
 
@@ -63,6 +66,8 @@ type layerDirFd struct{ layer, fd int }
 // layer li and whether the caller must close it (false: it is cached).
 // Caller holds the owning node's mu.
 func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, bool, error) {
+	ll.fdMu.Lock()
+	defer ll.fdMu.Unlock()
 	for _, c := range ll.dirFds {
 		if c.layer == li {
 			return c.fd, false, nil
@@ -80,9 +85,26 @@ func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, boo
 	return fd, false, nil
 }
 
+// withLayerDirFd calls fn with the kept descriptor of the lower directory
+// in layer li, under fdMu, and reports whether one is kept. fn must only
+// make system calls on it.
+func (ll *lowerListing) withLayerDirFd(li int, fn func(fd int)) bool {
+	ll.fdMu.Lock()
+	defer ll.fdMu.Unlock()
+	for _, c := range ll.dirFds {
+		if c.layer == li {
+			fn(c.fd)
+			return true
+		}
+	}
+	return false
+}
+
 // closeDirFds closes the cached descriptors. Caller holds the owning
 // node's mu.
 func (ll *lowerListing) closeDirFds(u *union) {
+	ll.fdMu.Lock()
+	defer ll.fdMu.Unlock()
 	for _, c := range ll.dirFds {
 		unix.Close(c.fd)
 		u.dirFds.Add(-1)

@@ -85,8 +85,10 @@
 //     unrelated nodes are never locked together.
 //  3. Leaf locks, never held while taking another: union.nodesMu (the
 //     inode table), union.tmpMu, each node's cached directory
-//     descriptor lock (dirfd.go), the prefetcher's lock (prefetch.go) and
-//     the READDIRPLUS policy's lock (plus.go).
+//     descriptor lock (dirfd.go), each listing's lock on its kept lower
+//     directory descriptors (dirlist.go; a child's stat takes its
+//     parent's), the prefetcher's lock (prefetch.go) and the READDIRPLUS
+//     policy's lock (plus.go).
 //
 // # Copy-up
 //

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -82,14 +83,25 @@ type node struct {
 type dirState struct {
 	// lowerDirs are the lower directories merged below the upper one,
 	// listing the cached merge of their entries (built on first use).
+	// listing is written once, under the node's mu; a child reads it
+	// without (statLower), hence the atomic pointer.
 	lowerDirs lowerDirSet
-	listing   *lowerListing
+	listing   atomic.Pointer[lowerListing]
 	// fd caches a descriptor of the directory's upper entry (dirfd.go).
 	fd cachedDirFd
 	// upperOpaque: the upper directory is opaque, hiding all below it.
 	upperOpaque bool
 	// listedBare: the last listing gave files no attributes (plus.go).
 	listedBare bool
+}
+
+// lowerListingIfBuilt is the directory's merged listing if it was built
+// already, else nil.
+func (n *node) lowerListingIfBuilt() *lowerListing {
+	if n.dir == nil {
+		return nil
+	}
+	return n.dir.listing.Load()
 }
 
 // opaque reports whether the node is an opaque upper directory.
@@ -258,19 +270,20 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 	if d == nil {
 		return &lowerListing{}, nil // not a directory: lists nothing
 	}
-	if d.listing != nil {
-		return d.listing, nil
+	if ll := d.listing.Load(); ll != nil {
+		return ll, nil
 	}
 	if d.lowerDirs.empty() {
-		d.listing = &lowerListing{}
-		return d.listing, nil
+		ll := &lowerListing{}
+		d.listing.Store(ll)
+		return ll, nil
 	}
 	ll, used, err := n.u.prefetch.listing(d.lowerDirs)
 	if err != nil {
 		return nil, err
 	}
 	d.lowerDirs.layers = used
-	d.listing = ll
+	d.listing.Store(ll)
 	return ll, nil
 }
 
@@ -538,7 +551,7 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 	ref := n.lowerChildRef(e.layer, name)
 	l := n.u.lowers[e.layer]
 	ci := &childInfo{lower: ref, hasLower: true}
-	dirfd, mustClose, err := n.dir.listing.lowerDirFd(n.u, n.dir.lowerDirs, e.layer)
+	dirfd, mustClose, err := n.dir.listing.Load().lowerDirFd(n.u, n.dir.lowerDirs, e.layer)
 	if err != nil {
 		return nil, fmt.Errorf("open lower dir: %w", err)
 	}
@@ -698,8 +711,8 @@ func (n *node) adoptName(parent *node, name string) {
 func (n *node) OnForget() {
 	n.dirFd().drop(n.u)
 	n.mu.Lock()
-	if n.dir != nil && n.dir.listing != nil {
-		n.dir.listing.closeDirFds(n.u)
+	if ll := n.lowerListingIfBuilt(); ll != nil {
+		ll.closeDirFds(n.u)
 	}
 	if n.anonFd >= 0 {
 		unix.Close(int(n.anonFd))
@@ -787,6 +800,9 @@ func (n *node) statLower(st *unix.Stat_t) error {
 	if n.parent == nil && !n.hasLower {
 		return unix.Fstat(n.u.lowers[0].rootFd, st)
 	}
+	if done, err := n.statLowerInParent(st); done {
+		return err
+	}
 	l := n.u.lowers[n.lower.layer]
 	fd, err := l.open(n.lower.rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -794,6 +810,45 @@ func (n *node) statLower(st *unix.Stat_t) error {
 	}
 	defer unix.Close(fd)
 	return unix.Fstat(fd, st)
+}
+
+// statLowerInParent stats the node's lower object through the descriptor
+// its parent's listing keeps of that lower directory, one system call
+// instead of walking the path again (a warm find stats every directory
+// once: the cold pass's readdir made the kernel drop its atime). It
+// reports false when the parent keeps none, or the object does not sit
+// under the parent's lower directory by the same name (a redirect).
+// Caller holds u.treeMu shared and n.mu.
+func (n *node) statLowerInParent(st *unix.Stat_t) (bool, error) {
+	p := n.parent
+	if p == nil {
+		return false, nil
+	}
+	ll := p.lowerListingIfBuilt()
+	if ll == nil {
+		return false, nil
+	}
+	base, ok := childOf(p.dir.lowerDirs.rel, n.lower.rel)
+	if !ok {
+		return false, nil
+	}
+	var err error
+	done := ll.withLayerDirFd(n.lower.layer, func(fd int) {
+		err = unix.Fstatat(fd, base, st, unix.AT_SYMLINK_NOFOLLOW)
+	})
+	return done, err
+}
+
+// childOf returns the name rel has in the directory dirRel, when rel is
+// an entry of it.
+func childOf(dirRel, rel string) (string, bool) {
+	if dirRel != "" {
+		if len(rel) <= len(dirRel) || rel[len(dirRel)] != '/' || !strings.HasPrefix(rel, dirRel) {
+			return "", false
+		}
+		rel = rel[len(dirRel)+1:]
+	}
+	return rel, rel != "" && !strings.Contains(rel, "/")
 }
 
 // lowerBlocks reports the block count of a metacopy file's data, as
