@@ -68,7 +68,10 @@
 // it still holds. When the last name of an upper object goes (unlink,
 // rmdir, a rename over it), its node leaves the table at once: the kernel
 // may hold the node a while yet, and the upper filesystem may give the
-// freed inode number to the next object it makes.
+// freed inode number to the next object it makes. Until the kernel forgets
+// it, such a node answers a stat with the object's last attributes and no
+// link (union.removed), as overlayfs does for an O_PATH descriptor or a
+// working directory that outlived its object.
 //
 // Memory: a node is allocated for every inode the kernel holds, so it is
 // kept in Go's 256-byte allocation class (node_test.go): what only a
