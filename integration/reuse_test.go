@@ -19,12 +19,7 @@ import (
 // too, which keeps the upper inode pinned and so never sees the number
 // again.
 func TestNewFileReusingARemovedInodeNumberIsANewInode(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(lower, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	p := mountPairOnEmptyLayer(t, "")
 	for _, v := range []*view{p.oracle, p.sut} {
 		t.Run(v.target.name(), func(t *testing.T) {
 			reused := 0
@@ -37,6 +32,18 @@ func TestNewFileReusingARemovedInodeNumberIsANewInode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mountPairOnEmptyLayer mounts the oracle and strata over one lower layer
+// that holds only the directory subdir (none if "").
+func mountPairOnEmptyLayer(t *testing.T, subdir string) *pair {
+	t.Helper()
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(filepath.Join(lower, subdir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
 }
 
 // removeAndRemake removes a held file and makes another, rounds times, and
@@ -112,12 +119,7 @@ func upperIno(t *testing.T, v *view, path string) uint64 {
 // gets a second kernel inode, and a stat or open through another hard link
 // the kernel cached still reaches the superseded one.
 func TestSupersededNodeFollowsItsObject(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(filepath.Join(lower, "h"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	p := mountPairOnEmptyLayer(t, "h")
 	results := map[string]string{}
 	for _, v := range []*view{p.oracle, p.sut} {
 		v.guarded("writing, renaming and reading hard links", func() { results[v.target.name()] = renameSupersededLink(t, v.mnt) })
@@ -173,12 +175,7 @@ func renameSupersededLink(t *testing.T, mnt string) string {
 // directory, or here an O_PATH descriptor) stats with no link, as on
 // overlayfs, instead of failing.
 func TestRemovedDirectoryStillStats(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(lower, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	p := mountPairOnEmptyLayer(t, "")
 	for _, v := range []*view{p.oracle, p.sut} {
 		t.Run(v.target.name(), func(t *testing.T) {
 			v.guarded("stat of a removed directory", func() {
