@@ -15,7 +15,9 @@
 //	STRATA_SEED=N go test -run Random ./integration  # replay one random sequence (seed printed on failure)
 //
 // Also: STRATA_RANDOM_SEQUENCES and STRATA_RANDOM_OPS scale the random
-// test; STRATA_TEST_CACHE is where .ci/debian-rootfs.sh cached the rootfs.
+// test, STRATA_INTEROP_OPS the random interop sequences (150 ops; fewer
+// find the op where a failing seed first differs); STRATA_TEST_CACHE is
+// where .ci/debian-rootfs.sh cached the rootfs.
 //
 // TestMain builds ./cmd/strata once, re-runs the test binary in a private
 // mount namespace (so no other process on the machine can hold a copy of a

@@ -33,7 +33,7 @@ func TestInterop(t *testing.T) {
 		t.Run(fmt.Sprintf("random-seed=%d", seed), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(seed, 0x1e7e))
 			sc := scenario{stack: randomStack(r)}
-			for range 150 {
+			for range envInt(t, "STRATA_INTEROP_OPS", 150) {
 				sc.ops = append(sc.ops, randomOp(r))
 			}
 			t.Logf("replay: STRATA_SEED=%d go test -run 'Interop' ./integration", seed)
@@ -108,8 +108,8 @@ func runInterop(t *testing.T, sc scenario, unreadable ...string) {
 	always := func(string) bool { return true }
 	diffs := compareTrees(kernelTree, sutTree, compareOptions{mtimeChecked: always, skipIdentity: true})
 	if len(diffs) > 0 {
-		t.Errorf("kernel overlayfs on %s's upper (the \"oracle\" column) differs from what %s showed:\n%s\nops:\n%s",
-			sutName(), sutName(), formatDiffs(diffs, 60), formatOps(sc.ops))
+		t.Errorf("kernel overlayfs on %s's upper (the \"oracle\" column) differs from what %s showed:\n%s\nstack (topmost first):\n%sops:\n%s",
+			sutName(), sutName(), formatDiffs(diffs, 60), describeStack(sc.stack), formatOps(sc.ops))
 	}
 }
 
