@@ -68,10 +68,8 @@ type layerDirFd struct{ layer, fd int }
 func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, bool, error) {
 	ll.fdMu.Lock()
 	defer ll.fdMu.Unlock()
-	for _, c := range ll.dirFds {
-		if c.layer == li {
-			return c.fd, false, nil
-		}
+	if fd, ok := ll.keptFdLocked(li); ok {
+		return fd, false, nil
 	}
 	fd, err := u.lowers[li].openDir(dirs.rel)
 	if err != nil {
@@ -91,13 +89,22 @@ func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, boo
 func (ll *lowerListing) withLayerDirFd(li int, fn func(fd int)) bool {
 	ll.fdMu.Lock()
 	defer ll.fdMu.Unlock()
+	fd, ok := ll.keptFdLocked(li)
+	if ok {
+		fn(fd)
+	}
+	return ok
+}
+
+// keptFdLocked returns the kept descriptor of layer li's directory.
+// Caller holds fdMu.
+func (ll *lowerListing) keptFdLocked(li int) (int, bool) {
 	for _, c := range ll.dirFds {
 		if c.layer == li {
-			fn(c.fd)
-			return true
+			return c.fd, true
 		}
 	}
-	return false
+	return -1, false
 }
 
 // closeDirFds closes the cached descriptors. Caller holds the owning

@@ -634,9 +634,11 @@ func (u *union) objectRemoved(ino uint64, gone *node, st *unix.Stat_t) {
 	delete(u.nodes, ino)
 	// Its superseded nodes no longer stand for anything in the table: the
 	// next node of this number is another object's.
-	for old, oldIno := range u.superseded {
-		if oldIno == ino {
-			delete(u.superseded, old)
+	if u.anySuperseded.Load() {
+		for old, oldIno := range u.superseded {
+			if oldIno == ino {
+				delete(u.superseded, old)
+			}
 		}
 	}
 	delete(u.twins, ino)

@@ -61,7 +61,7 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	if dstExists && flags&unix.RENAME_EXCHANGE == 0 && !dst.isDir {
 		// A hard-linked lower file loses a name as unlink would take it:
 		// into the index first, so its other names count one link less.
-		if err := np.indexBeforeReplace(newName, dst); err != nil {
+		if dst.ci, err = np.indexBeforeUnlink(newName, dst.ci); err != nil {
 			return err
 		}
 	}
@@ -118,10 +118,10 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	}
 	if dstExists {
 		dst.node.detachFrom(np, newName)
-		if dst.removable {
-			n.u.objectRemoved(dst.node.ino, dst.node, &dst.st)
+		if removesObject(dst.ci) {
+			n.u.objectRemoved(dst.node.ino, dst.node, &dst.ci.st)
 		}
-		if dst.lowerOnlyLink {
+		if dst.ci.index && !dst.ci.inUpper {
 			if err := dst.node.dropLowerName(); err != nil {
 				return err
 			}
@@ -165,14 +165,10 @@ func (n *node) renameBacking(sdir int, name string, ddir int, newName string, le
 type found struct {
 	node  *node
 	isDir bool
-	// removable: replacing the name removes its upper object
-	// (removesObject); st is the object's stat then.
-	removable bool
-	st        unix.Stat_t
-	// lowerOnlyLink: the name is one of an indexed node's names that are
-	// still only in a lower layer (index.go); replacing it leaves the
-	// node one name fewer.
-	lowerOnlyLink bool
+	// ci is what the lookup learnt about the name: whether replacing it
+	// removes its upper object (removesObject), or takes one of an
+	// indexed node's names still only in a lower layer (index.go).
+	ci *childInfo
 }
 
 // lookupChild finds name and its node. Caller holds u.treeMu.
@@ -182,20 +178,7 @@ func (n *node) lookupChild(name string) (*found, error) {
 		return nil, err
 	}
 	c := n.newChild(ctx0, name, ci)
-	return &found{node: c, isDir: c.kind == unix.S_IFDIR, removable: removesObject(ci), st: ci.st, lowerOnlyLink: ci.index && !ci.inUpper}, nil
-}
-
-// indexBeforeReplace is indexBeforeUnlink for the target of a rename.
-func (n *node) indexBeforeReplace(name string, dst *found) error {
-	ci, err := n.lookupName(name)
-	if err != nil {
-		return err
-	}
-	if ci, err = n.indexBeforeUnlink(name, ci); err != nil {
-		return err
-	}
-	dst.lowerOnlyLink = ci.index && !ci.inUpper
-	return nil
+	return &found{node: c, isDir: c.kind == unix.S_IFDIR, ci: ci}, nil
 }
 
 // checkRename applies rename(2)'s rules on types, emptiness and flags.
