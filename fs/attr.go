@@ -6,26 +6,17 @@ import (
 	"slices"
 	"syscall"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
-var (
-	_ gofs.NodeSetattrer     = (*node)(nil)
-	_ gofs.NodeGetxattrer    = (*node)(nil)
-	_ gofs.NodeSetxattrer    = (*node)(nil)
-	_ gofs.NodeListxattrer   = (*node)(nil)
-	_ gofs.NodeRemovexattrer = (*node)(nil)
-)
-
 // Setattr changes mode, owner, size and times. A lower object is copied up
 // first: metadata only, unless the size changes to something other than 0.
-func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+func (n *node) Setattr(ctx context.Context, f *file, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if c := n.current(); c != n {
-		return c.Setattr(ctx, fh, in, out)
+		return c.Setattr(ctx, f, in, out)
 	}
-	if err := n.setattr(fh, in); err != nil {
+	if err := n.setattr(f, in); err != nil {
 		return toErrno(err)
 	}
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
@@ -33,7 +24,7 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 			return toErrno(err)
 		}
 	}
-	return n.Getattr(ctx, fh, out)
+	return n.Getattr(ctx, f, out)
 }
 
 // killSetID drops set-id bits after a chown or truncate by a caller
@@ -60,12 +51,12 @@ func (n *node) killSetID(ctx context.Context) error {
 	})
 }
 
-func (n *node) setattr(fh gofs.FileHandle, in *fuse.SetAttrIn) error {
+func (n *node) setattr(f *file, in *fuse.SetAttrIn) error {
 	n.mu.Lock()
 	n.xattrs.forget() // chown and truncate may drop security.capability
 	n.mu.Unlock()
 	size, hasSize := in.GetSize()
-	if f := asFile(fh); f != nil && f.upper {
+	if f != nil && f.upper {
 		return n.setattrFd(f.fd, in)
 	}
 	if err := n.copyUp(ctx0, hasSize && size != 0); err != nil {

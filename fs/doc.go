@@ -61,11 +61,15 @@
 // # Nodes and locks
 //
 // A node is one inode of the view, keyed by inode number in union.nodes
-// (go-fuse merges nodes only after Lookup returns; rename and remove need
-// the node the kernel knows). Lower paths are fixed for the life of a node;
-// the upper path is derived from parent/name links. Every node gets a FUSE
-// generation of its own, so go-fuse never takes a new node for an old one
-// it still holds. When the last name of an upper object goes (unlink,
+// (rename and remove need the node the kernel knows). Lower paths are
+// fixed for the life of a node; the upper path is derived from parent/name
+// links, and a hard link's other names the kernel knows are kept as
+// aliases (aliases.go). Every node gets a generation of its own, which is
+// its FUSE node id: the kernel never takes a new node for an old one it
+// still holds. kernel.go keeps the protocol's books: the node ids the
+// kernel holds (union.ids) with their lookup counts (node.kref), and the
+// open file handles; a node leaves the tables when FORGET gives back its
+// last reference. When the last name of an upper object goes (unlink,
 // rmdir, a rename over it), its node leaves the table at once: the kernel
 // may hold the node a while yet, and the upper filesystem may give the
 // freed inode number to the next object it makes. Until the kernel forgets
@@ -74,9 +78,12 @@
 // working directory that outlived its object.
 //
 // Memory: a node is allocated for every inode the kernel holds, so it is
-// kept in Go's 256-byte allocation class (node_test.go): what only a
+// kept in Go's 128-byte allocation class (node_test.go): what only a
 // directory needs lives in dirState, open-file bookkeeping is allocated at
-// the first open, the xattr name cache is one pointer.
+// the first open, the xattr name cache is one pointer, and nothing else is
+// kept per node but its two map entries (union.nodes and union.ids). A
+// directory keeps no map of its children: the kernel's dentry cache is
+// that map.
 //
 // Lock order, outermost first:
 //
@@ -148,9 +155,9 @@
 // # Passthrough
 //
 // On kernels with FUSE passthrough, regular files are read and written by
-// the kernel directly on the backing file. go-fuse registers one backing
-// file per node and reuses it for every passthrough open while any is live;
-// a file opened from a lower layer and then copied up would otherwise have
+// the kernel directly on the backing file. One backing file is registered
+// per node and reused for every passthrough open while any is live
+// (file.go backingID); a file opened from a lower layer and then copied up would otherwise have
 // its new, writable opens land on the LOWER file. The kernel itself allows
 // one backing file per inode while passthrough opens are live, and no other
 // kind of open beside them. So when such a file is opened again after its
@@ -167,7 +174,7 @@
 // privileges drop as the writer. A node keeps the way it serves a file
 // (passthrough on the lower file, on the upper file, or through FUSE)
 // while any of its handles is open; another need meanwhile supersedes it,
-// because go-fuse and the kernel both misbehave when one inode mixes them
+// because the kernel refuses an open that would mix them on one inode
 // (file.go, openState).
 //
 // # Serving
@@ -176,9 +183,9 @@
 // requests: one goroutine reads and answers them in turn, and hands
 // reading to another goroutine only for requests that may wait (locks,
 // fsync, data copy-up) or that stall, because on small machines a thread
-// wake-up per request costs more than the request. go-fuse's node bridge
-// (gofs.NewNodeFS) still turns requests into calls on nodes, and its
-// server negotiates INIT and sends notifications. Where the kernel offers
+// wake-up per request costs more than the request. kernelFS (kernel.go)
+// turns requests into calls on nodes; go-fuse's server negotiates INIT and
+// sends notifications. Where the kernel offers
 // FUSE over io_uring (the fuse module's enable_uring=Y) requests come
 // through per-CPU rings instead of read(2) on /dev/fuse, served on a
 // thread pinned to the CPU that made them, in the idle scheduling class
@@ -186,7 +193,8 @@
 // off, -o io_uring_sched=idle|normal fixes the class; fuseloop's package
 // doc says why). Unprivileged mounts go
 // through fusermount3 and go-fuse's own loop. The request path is
-// yieldingFS (yield.go) over openlessDirs (dircursor.go) over the bridge.
+// yieldingFS (yield.go) over kernelFS, which reads directories without
+// opens (dircursor.go).
 //
 // # Errors
 //

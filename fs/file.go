@@ -8,17 +8,14 @@ import (
 	"strings"
 	"syscall"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
 // openState records how the node's files are handed to the kernel. The
 // kernel allows one backing file per inode while passthrough opens are
-// live, and no other kind of open beside them; go-fuse registers one
-// backing file per node and, if passthrough and FUSE-served handles of one
-// node are mixed, releases the backing file when a FUSE-served handle
-// closes (the kernel then fails the passthrough open with EIO). So a node
+// live, and no other kind of open beside them (it fails such an open with
+// EIO). So a node
 // keeps the mode of its first open while any of its handles is open:
 // passthrough on the lower file, passthrough on the upper file, or served
 // through FUSE. An open that needs another mode meanwhile supersedes the
@@ -30,6 +27,10 @@ type openState struct {
 	// the node is gone, fchmod, fchown and friends still reach the file
 	// through them (the kernel sends those without a handle).
 	live map[*file]struct{}
+	// backing is the passthrough backing file registered for the node's
+	// passthrough handles, 0 if none; backingRefs counts those handles.
+	backing     int32
+	backingRefs int32
 }
 
 // ioMode is how a node's open files are served.
@@ -69,41 +70,6 @@ type file struct {
 	pt           bool // handed out as passthrough
 }
 
-// passthroughFile is a file the kernel reads and writes directly; only this
-// type implements FilePassthroughFder, so go-fuse registers a backing file
-// for it alone.
-type passthroughFile struct{ *file }
-
-func (f passthroughFile) PassthroughFd() (int, bool) { return f.fd, true }
-
-var (
-	_ gofs.NodeOpener          = (*node)(nil)
-	_ gofs.FileReader          = (*file)(nil)
-	_ gofs.FileWriter          = (*file)(nil)
-	_ gofs.FileReleaser        = (*file)(nil)
-	_ gofs.FileFsyncer         = (*file)(nil)
-	_ gofs.FileLseeker         = (*file)(nil)
-	_ gofs.FileAllocater       = (*file)(nil)
-	_ gofs.FileGetlker         = (*file)(nil)
-	_ gofs.FileSetlker         = (*file)(nil)
-	_ gofs.FileSetlkwer        = (*file)(nil)
-	_ gofs.FileFlusher         = (*file)(nil)
-	_ gofs.FileGetattrer       = (*file)(nil)
-	_ gofs.FileSetattrer       = (*file)(nil)
-	_ gofs.FilePassthroughFder = passthroughFile{}
-)
-
-// asFile returns the file behind a handle go-fuse passes back, or nil.
-func asFile(fh gofs.FileHandle) *file {
-	switch f := fh.(type) {
-	case *file:
-		return f
-	case passthroughFile:
-		return f.file
-	}
-	return nil
-}
-
 // openFlagsKept are the open(2) flags passed on to the backing file. The
 // kernel also sends internal bits (FMODE_EXEC for execve, for one), which
 // openat2 rightly refuses with EINVAL.
@@ -116,15 +82,18 @@ const writeAccess = unix.O_WRONLY | unix.O_RDWR
 // change it. A superseded node answers ESTALE, as at the moment it was
 // superseded (handOut): the kernel looks the path up again and opens the
 // successor.
-func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Open(ctx context.Context, flags uint32) (*file, syscall.Errno) {
 	if n.current() != n {
-		return nil, 0, syscall.ESTALE
+		return nil, syscall.ESTALE
 	}
 	f, err := n.open(int(flags))
 	if err != nil {
-		return nil, 0, toErrno(err)
+		return nil, toErrno(err)
 	}
-	return n.handOut(f, true)
+	if errno := n.handOut(f, true); errno != 0 {
+		return nil, errno
+	}
+	return f, 0
 }
 
 func (n *node) open(flags int) (*file, error) {
@@ -196,7 +165,7 @@ func (n *node) openUpperObject(flags int) (int, error) {
 // kernel looks the path up again (LOOKUP_REVAL) and retries the open on the
 // new node. Old handles keep the old kernel inode and keep reading the old
 // content, as they do on overlayfs.
-func (n *node) handOut(f *file, checkPrivileged bool) (gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) handOut(f *file, checkPrivileged bool) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.opens == nil {
@@ -216,14 +185,37 @@ func (n *node) handOut(f *file, checkPrivileged bool) (gofs.FileHandle, uint32, 
 	if n.opens.mode != want {
 		unix.Close(f.fd)
 		n.u.supersede(n)
-		return nil, 0, syscall.ESTALE
+		return syscall.ESTALE
 	}
 	n.opens.live[f] = struct{}{}
-	if want == ioFUSE {
-		return f, 0, 0
+	f.pt = want != ioFUSE
+	return 0
+}
+
+// backingID returns the backing file id for a passthrough handle of n,
+// registering f's descriptor if the node has none yet, or 0 if the kernel
+// refuses (passthrough is then off for the mount, and f is served
+// through FUSE).
+func (n *node) backingID(u *union, f *file) int32 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	o := n.opens
+	if o.backing == 0 {
+		srv := u.srv.Load()
+		if srv == nil {
+			f.pt = false
+			return 0
+		}
+		id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.fd)})
+		if errno != 0 {
+			u.passthrough.Store(false)
+			f.pt = false
+			return 0
+		}
+		o.backing = id
 	}
-	f.pt = true
-	return passthroughFile{f}, 0, 0
+	o.backingRefs++
+	return o.backing
 }
 
 // writesPrivileged reports whether f is open for writing on a file with a
@@ -301,11 +293,21 @@ func callerInGroup(c *fuse.Context, gid uint32) bool {
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
-	delete(f.n.opens.live, f)
-	if len(f.n.opens.live) == 0 {
+	o := f.n.opens
+	delete(o.live, f)
+	if f.pt {
+		o.backingRefs--
+		if o.backingRefs == 0 {
+			if srv := f.n.u.srv.Load(); srv != nil {
+				srv.UnregisterBackingFd(o.backing)
+			}
+			o.backing = 0
+		}
+	}
+	if len(o.live) == 0 {
 		// The kernel has let go of every file of the inode (it sends
 		// RELEASE after that), so the next open may take another mode.
-		f.n.opens.mode = ioUnset
+		o.mode = ioUnset
 	}
 	f.n.mu.Unlock()
 	return toErrno(unix.Close(f.fd))
@@ -416,18 +418,11 @@ func (f *file) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno
 // ctx0 is the context for internal work not tied to one request.
 var ctx0 = context.Background()
 
-var _ gofs.NodeCopyFileRanger = (*node)(nil)
-
-// CopyFileRange copies between the backing files directly, so the data
+// copyFileRange copies between the backing files directly, so the data
 // never passes through the daemon and the backing filesystem applies
 // copy_file_range's own rules (overlapping ranges in one file, for one,
 // are EINVAL).
-func (n *node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn uint64, out *gofs.Inode,
-	fhOut gofs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
-	in, dst := asFile(fhIn), asFile(fhOut)
-	if in == nil || dst == nil {
-		return 0, syscall.EBADF
-	}
+func copyFileRange(ctx context.Context, in *file, offIn uint64, dst *file, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
 	// One object may be two kernel inodes here (a superseded node and its
 	// successor), so the kernel's own same-file check may not have run.
 	if in.n.ino == dst.n.ino && offIn < offOut+length && offOut < offIn+length {

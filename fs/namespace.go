@@ -6,22 +6,10 @@ import (
 	"fmt"
 	"syscall"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-fs/strata/whiteout"
-)
-
-var (
-	_ gofs.NodeCreater   = (*node)(nil)
-	_ gofs.NodeMkdirer   = (*node)(nil)
-	_ gofs.NodeMknoder   = (*node)(nil)
-	_ gofs.NodeSymlinker = (*node)(nil)
-	_ gofs.NodeLinker    = (*node)(nil)
-	_ gofs.NodeUnlinker  = (*node)(nil)
-	_ gofs.NodeRmdirer   = (*node)(nil)
-	_ gofs.NodeRenamer   = (*node)(nil)
 )
 
 // slot describes the place a new entry goes: the upper directory and what
@@ -169,18 +157,18 @@ func (n *node) newUpperChild(ctx context.Context, s *slot, out *fuse.EntryOut, i
 func (n *node) newUpperChildStat(ctx context.Context, s *slot, out *fuse.EntryOut, isDir bool, ci *childInfo) *node {
 	ci.ino = n.u.upper.foldIno(ci.st.Ino)
 	ci.opaque = isDir && s.overWhiteout
-	child := n.newChild(ctx, s.name, ci)
+	child := n.newChild(s.name, ci, true)
 	child.fillEntry(&ci.st, out)
 	child.learnXattrNames(s.dirfd, s.name)
 	return child
 }
 
-func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*node, *file, syscall.Errno) {
 	n.u.treeMu.RLock()
 	defer n.u.treeMu.RUnlock()
 	s, err := n.prepareSlot(name)
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	defer unix.Close(s.dirfd)
 	openFlags := int(flags)&openFlagsKept | unix.O_NOFOLLOW | unix.O_CLOEXEC
@@ -191,39 +179,43 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return e
 	})
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	ci := &childInfo{inUpper: true}
 	if err := unix.Fstat(fd, &ci.st); err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	child := n.newUpperChildStat(ctx, s, out, false, ci)
 	// A new file has no capability; only set-id bits in its mode matter.
 	f := &file{n: child, fd: fd, upper: true, writable: int(flags)&writeAccess != 0}
-	fh, fuseFlags, errno := child.handOut(f, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
-	return &child.Inode, fh, fuseFlags, errno
+	if errno := child.handOut(f, mode&(unix.S_ISUID|unix.S_ISGID) != 0); errno != 0 {
+		// The kernel gets no entry: give back the reference.
+		n.u.unref(child)
+		return nil, nil, errno
+	}
+	return child, f, 0
 }
 
-func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*node, syscall.Errno) {
 	return n.mkEntry(ctx, name, true, out, func(dirfd int, nm string) error {
 		return unix.Mkdirat(dirfd, nm, mode&0o7777)
 	})
 }
 
-func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*node, syscall.Errno) {
 	return n.mkEntry(ctx, name, false, out, func(dirfd int, nm string) error {
 		return unix.Mknodat(dirfd, nm, mode, int(dev))
 	})
 }
 
-func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*node, syscall.Errno) {
 	return n.mkEntry(ctx, name, false, out, func(dirfd int, nm string) error {
 		return unix.Symlinkat(target, dirfd, nm)
 	})
 }
 
-func (n *node) mkEntry(ctx context.Context, name string, isDir bool, out *fuse.EntryOut, make func(int, string) error) (*gofs.Inode, syscall.Errno) {
+func (n *node) mkEntry(ctx context.Context, name string, isDir bool, out *fuse.EntryOut, make func(int, string) error) (*node, syscall.Errno) {
 	n.u.treeMu.RLock()
 	defer n.u.treeMu.RUnlock()
 	s, err := n.prepareSlot(name)
@@ -238,16 +230,12 @@ func (n *node) mkEntry(ctx context.Context, name string, isDir bool, out *fuse.E
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	return &child.Inode, 0
+	return child, 0
 }
 
 // Link makes a new name for target; target is copied up with its data.
-func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	t, ok := target.(*node)
-	if !ok {
-		return nil, syscall.EXDEV
-	}
-	t = t.current()
+func (n *node) Link(ctx context.Context, target *node, name string, out *fuse.EntryOut) (*node, syscall.Errno) {
+	t := target.current()
 	if err := t.copyUp(ctx, true); err != nil {
 		return nil, toErrno(err)
 	}
@@ -279,35 +267,37 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		t.parent, t.name = n, name
 		unix.Close(int(t.anonFd))
 		t.anonFd = -1
+	} else if t.parent != nil {
+		n.u.addAlias(t, n, name)
+	} else {
+		t.parent, t.name = n, name
 	}
 	t.mu.Unlock()
-	return &t.Inode, 0
+	return t, 0
 }
-
-var _ gofs.NodeTmpfiler = (*node)(nil)
 
 // Tmpfile makes an O_TMPFILE file in the upper directory. It has no name
 // until linkat gives it one (Link).
-func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*node, *file, syscall.Errno) {
 	if n.u.upper == nil || n.u.cfg.ReadOnly {
-		return nil, nil, 0, syscall.EROFS
+		return nil, nil, syscall.EROFS
 	}
 	n.u.treeMu.RLock()
 	defer n.u.treeMu.RUnlock()
 	if err := n.copyUpLocked(false); err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	n.mu.Lock()
 	dirfd, err := n.openUpperDir()
 	n.mu.Unlock()
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	defer unix.Close(dirfd)
 	openFlags := int(flags)&openFlagsKept&^unix.O_TRUNC | unix.O_TMPFILE | unix.O_CLOEXEC
 	fd, err := unix.Openat(dirfd, ".", openFlags, mode&0o7777)
 	if err != nil {
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	s := &slot{dirfd: dirfd}
 	uid, gid := s.owner(ctx)
@@ -317,22 +307,26 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	anon, err := unix.Dup(fd)
 	if err != nil {
 		unix.Close(fd)
-		return nil, nil, 0, toErrno(err)
+		return nil, nil, toErrno(err)
 	}
 	child := &node{u: n.u, kind: unix.S_IFREG, ino: n.u.upper.foldIno(st.Ino), inUpper: true, anonFd: int32(anon)}
 	n.u.nodesMu.Lock()
 	child.gen = n.u.nextGenLocked()
-	n.NewInode(ctx, child, gofs.StableAttr{Mode: unix.S_IFREG, Ino: child.ino, Gen: child.gen})
 	n.u.nodes[child.ino] = child
+	n.u.refLocked(child)
 	n.u.nodesMu.Unlock()
 	child.fillEntry(&st, out)
-	fh, fuseFlags, errno := child.handOut(&file{n: child, fd: fd, upper: true}, false)
-	return &child.Inode, fh, fuseFlags, errno
+	f := &file{n: child, fd: fd, upper: true}
+	if errno := child.handOut(f, false); errno != 0 {
+		n.u.unref(child)
+		return nil, nil, errno
+	}
+	return child, f, 0
 }
 
 func (n *node) linkInto(s *slot, tdir int, tname string) error {
@@ -388,7 +382,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		return unix.EISDIR
 	}
 	if isDir {
-		child := n.newChild(ctx0, name, ci)
+		child := n.newChild(name, ci, false)
 		empty, err := child.isEmpty()
 		if err != nil {
 			return err
@@ -423,16 +417,15 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 			child.dropLowerName()
 		}
 	}
-	var gone *node
-	if child := n.GetChild(name); child != nil {
-		if c, ok := child.Operations().(*node); ok {
-			// Other requests read c.parent under c.mu and treeMu
-			// held shared, as here.
-			c.mu.Lock()
-			c.detachFrom(n, name)
-			c.mu.Unlock()
-			gone = c
-		}
+	gone := n.nodeFor(ci.ino)
+	if gone != nil && gone.kind == ci.st.Mode&unix.S_IFMT {
+		// Other requests read gone.parent under gone.mu and treeMu
+		// held shared, as here.
+		gone.mu.Lock()
+		gone.dropName(n, name)
+		gone.mu.Unlock()
+	} else {
+		gone = nil
 	}
 	if removesObject(ci) {
 		n.u.objectRemoved(ci.ino, gone, &ci.st)
@@ -459,7 +452,7 @@ func (n *node) indexBeforeUnlink(name string, ci *childInfo) (*childInfo, error)
 	if ci.st.Mode&unix.S_IFMT != unix.S_IFREG || ci.st.Nlink <= 1 || ci.index || ci.inUpper {
 		return ci, nil
 	}
-	child := n.newChild(ctx0, name, ci)
+	child := n.newChild(name, ci, false)
 	if err := child.copyUpLocked(false); err != nil {
 		return nil, err
 	}
@@ -507,15 +500,6 @@ func (n *node) removeUpper(dirfd int, name string, inUpper, isDir, needWhiteout 
 	return removeAllAt(workfd, tmp)
 }
 
-// detachFrom forgets the name parent/name of a node that was removed or
-// replaced there, unless the node was renamed away meanwhile. Caller
-// holds u.treeMu exclusively, or shared and n.mu.
-func (n *node) detachFrom(parent *node, name string) {
-	if n.parent == parent && n.name == name {
-		n.parent = nil
-	}
-}
-
 // isEmpty reports whether the directory shows no entries in the view.
 // Caller holds u.treeMu shared.
 func (n *node) isEmpty() (bool, error) {
@@ -526,11 +510,7 @@ func (n *node) isEmpty() (bool, error) {
 	return len(ents) == 0, nil
 }
 
-func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	np, ok := newParent.(*node)
-	if !ok {
-		return syscall.EXDEV
-	}
+func (n *node) Rename(ctx context.Context, name string, np *node, newName string, flags uint32) syscall.Errno {
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
 		// overlayfs refuses RENAME_WHITEOUT and unknown flags alike.
 		return syscall.EINVAL

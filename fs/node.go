@@ -12,7 +12,6 @@ import (
 	"time"
 	"unsafe"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -20,12 +19,11 @@ import (
 )
 
 // node is one inode of the union view. Nodes are keyed by inode number
-// (go-fuse returns the live node for a number it knows), so two names that
-// are hard links of one lower file share one node.
+// (union.nodes), so two names that are hard links of one lower file share
+// one node.
 type node struct {
-	gofs.Inode
 	// The fields are ordered by size, so the node packs without padding
-	// into the 256-byte allocation class (the size test in node_test.go
+	// into the 128-byte allocation class (the size test in node_test.go
 	// holds it there): nodes are most of the daemon's memory.
 	u   *union
 	ino uint64 // st_ino shown to the user; never changes
@@ -50,11 +48,14 @@ type node struct {
 	opens *openState
 	// xattrs caches the object's xattr names (see attr.go).
 	xattrs xattrNames
-	// gen is the FUSE generation, unique to the node (union.lastGen);
-	// never changes.
+	// gen is unique to the node (union.lastGen) and never changes: it is
+	// the node's id in the FUSE protocol (kernel.go).
 	gen uint64
 
 	kind uint32 // S_IFMT; never changes
+	// kref counts the kernel's references to the node (kernel.go),
+	// saturating. Guarded by u.nodesMu.
+	kref uint32
 	// lowerNames: for an index node, the number of its names that are
 	// still only in a lower layer, so st_nlink stays right.
 	lowerNames uint32
@@ -124,14 +125,6 @@ func (n *node) dirFd() *cachedDirFd {
 	}
 	return &n.dir.fd
 }
-
-var (
-	_ gofs.NodeLookuper    = (*node)(nil)
-	_ gofs.NodeGetattrer   = (*node)(nil)
-	_ gofs.NodeReadlinker  = (*node)(nil)
-	_ gofs.NodeStatfser    = (*node)(nil)
-	_ gofs.NodeOnForgetter = (*node)(nil)
-)
 
 func (u *union) newRoot() (*node, error) {
 	root := &node{u: u, kind: unix.S_IFDIR, anonFd: -1, dir: &dirState{}}
@@ -207,16 +200,13 @@ func (n *node) openUpperParent() (int, string, error) {
 			fd, err := unix.Dup(int(n.anonFd))
 			return fd, "", err
 		}
-		if !n.IsRoot() {
+		if !n.isRoot() {
 			// Its recorded name was removed or replaced. A hard link
-			// may still name it: go-fuse's tree knows the names the
-			// kernel holds.
-			if name, p := n.Inode.Parent(); p != nil {
-				if pn, ok := p.Operations().(*node); ok {
-					n.parent, n.name = pn, name
-					fd, err := pn.openUpperDir()
-					return fd, name, err
-				}
+			// may still name it (aliases.go).
+			if p, name, ok := n.u.takeAlias(n); ok {
+				n.parent, n.name = p, name
+				fd, err := p.openUpperDir()
+				return fd, name, err
 			}
 			// Unlinked: only its open handles reach it now.
 			if fd := n.liveUpperFd(); fd >= 0 {
@@ -310,8 +300,8 @@ type childInfo struct {
 // Lookup finds name in the view: the upper layer first, then the merged
 // lower listing. A file found in a directory whose last listing left files
 // bare tells the READDIRPLUS policy (plus.go) that the files are wanted.
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	child, errno := n.lookupEntry(ctx, name, out)
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*node, syscall.Errno) {
+	child, errno := n.lookupEntry(name, out)
 	if errno == 0 && out.Attr.Mode&unix.S_IFMT != unix.S_IFDIR {
 		n.mu.Lock()
 		bare := n.dir != nil && n.dir.listedBare
@@ -323,8 +313,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	return child, errno
 }
 
-// lookupEntry is Lookup without the policy's bookkeeping.
-func (n *node) lookupEntry(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+// lookupEntry is Lookup without the policy's bookkeeping. The node it
+// returns carries a kernel reference for the reply.
+func (n *node) lookupEntry(name string, out *fuse.EntryOut) (*node, syscall.Errno) {
 	if len(name) > 255 {
 		return nil, syscall.ENAMETOOLONG
 	}
@@ -334,9 +325,9 @@ func (n *node) lookupEntry(ctx context.Context, name string, out *fuse.EntryOut)
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	child := n.newChild(ctx, name, ci)
+	child := n.newChild(name, ci, true)
 	child.fillEntry(&ci.st, out)
-	return &child.Inode, 0
+	return child, 0
 }
 
 // lookupName is lookupLocked under n.mu.
@@ -575,13 +566,16 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 }
 
 // newChild finds, by inode number, the live node for a looked-up name, or
-// makes one. go-fuse itself only merges nodes after Lookup returns, so the
-// union keeps its own table: rename and remove must act on the very node
-// the kernel knows.
-func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
+// makes one: rename and remove must act on the very node the kernel knows.
+// forKernel counts a kernel reference in the same step (see kernel.go),
+// for a node that goes into a reply.
+func (n *node) newChild(name string, ci *childInfo, forKernel bool) *node {
 	kind := ci.st.Mode & unix.S_IFMT
 	n.u.nodesMu.Lock()
-	if old := n.u.nodes[ci.ino]; old != nil && old.kind == kind && !old.Forgotten() {
+	if old := n.u.nodes[ci.ino]; old != nil && old.kind == kind {
+		if forKernel {
+			n.u.refLocked(old)
+		}
 		n.u.nodesMu.Unlock() // a leaf lock: not held while taking old.mu
 		old.adoptName(n, name)
 		return old
@@ -600,8 +594,10 @@ func (n *node) newChild(ctx context.Context, name string, ci *childInfo) *node {
 		// An index entry's xattrs are those of its copy in the work dir.
 		fresh.xattrs = ci.xattrs
 	}
-	n.NewInode(ctx, fresh, gofs.StableAttr{Mode: kind, Ino: ci.ino, Gen: fresh.gen})
 	n.u.nodes[ci.ino] = fresh
+	if forKernel {
+		n.u.refLocked(fresh)
+	}
 	return fresh
 }
 
@@ -672,7 +668,7 @@ func (u *union) supersede(n *node) {
 	u.superseded[n] = n.ino
 	u.anySuperseded.Store(true)
 	n.twin = true
-	go n.NotifyContent(0, 0) // drop the attributes the kernel holds now
+	n.u.notifyContent(n) // drop the attributes the kernel holds now
 }
 
 // current is the node that stands for n's object now: n itself, or for a
@@ -697,22 +693,42 @@ func (n *node) current() *node {
 }
 
 // adoptName gives a known node the name it was just found under when its
-// recorded name no longer leads to it (it was unlinked or moved).
-// Caller holds u.treeMu shared; the parent pointer is only replaced when
-// the node had lost it.
+// recorded name no longer leads to it (it was unlinked or moved), and
+// records it as an alias otherwise (a hard link). Caller holds u.treeMu
+// shared; the parent pointer is only replaced when the node had lost it.
 func (n *node) adoptName(parent *node, name string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.parent == nil && !n.IsRoot() {
+	switch {
+	case n.isRoot():
+	case n.parent == nil:
 		n.parent, n.name = parent, name
+	case n.parent != parent || n.name != name:
+		n.u.addAlias(n, parent, name)
 	}
 }
 
-// OnForget drops the node from the union's table once the kernel and
-// go-fuse let go of it.
-func (n *node) OnForget() {
+// isRoot reports whether n is the mount's root directory.
+func (n *node) isRoot() bool { return n == n.u.root }
+
+// forgetLocked takes a node the kernel no longer holds out of the tables.
+// Caller holds u.nodesMu.
+func (u *union) forgetLocked(n *node) {
+	delete(u.ids, n.gen)
+	if u.nodes[n.ino] == n {
+		delete(u.nodes, n.ino)
+	}
+	delete(u.superseded, n)
+	delete(u.removed, n)
+	delete(u.aliases, n)
+}
+
+// release closes the descriptors a node caches, once it is out of the
+// tables.
+func (n *node) release() {
 	n.dirFd().drop(n.u)
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	if ll := n.lowerListingIfBuilt(); ll != nil {
 		ll.closeDirFds(n.u)
 	}
@@ -720,14 +736,6 @@ func (n *node) OnForget() {
 		unix.Close(int(n.anonFd))
 		n.anonFd = -1
 	}
-	n.mu.Unlock()
-	n.u.nodesMu.Lock()
-	if n.u.nodes[n.ino] == n {
-		delete(n.u.nodes, n.ino)
-	}
-	delete(n.u.superseded, n)
-	delete(n.u.removed, n)
-	n.u.nodesMu.Unlock()
 }
 
 // fillEntry and fillAttr translate a backing stat into what the kernel sees.
@@ -862,11 +870,11 @@ func (n *node) lowerBlocks(st *unix.Stat_t) {
 	}
 }
 
-func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (n *node) Getattr(ctx context.Context, f *file, out *fuse.AttrOut) syscall.Errno {
 	if c := n.current(); c != n {
-		return c.Getattr(ctx, fh, out)
+		return c.Getattr(ctx, f, out)
 	}
-	if f := asFile(fh); f != nil {
+	if f != nil {
 		var st unix.Stat_t
 		if err := unix.Fstat(f.fd, &st); err != nil {
 			return toErrno(err)
@@ -900,13 +908,12 @@ func (n *node) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOu
 // uncached is the attribute timeout of an object that has two kernel
 // inodes (a superseded node and its successor): a change through one would
 // leave the other's cached attributes stale, so neither keeps them. (Zero
-// would mean "the mount's default" to go-fuse.)
+// would mean "the mount's default" to fillEntry.)
 const uncached = time.Nanosecond
 
 // attrTimeout sets how long the kernel may keep attributes it gets from
-// GETATTR and SETATTR replies. (go-fuse applies the mount's default only to
-// some replies; a SETATTR answer without one makes the kernel ask again at
-// once.)
+// GETATTR and SETATTR replies (a SETATTR answer without one makes the
+// kernel ask again at once).
 func (n *node) attrTimeout(out *fuse.AttrOut) {
 	if n.twin {
 		out.SetTimeout(uncached)

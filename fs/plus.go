@@ -1,11 +1,9 @@
 package fs
 
 import (
-	"context"
 	"sync"
 	"syscall"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -83,16 +81,12 @@ func (p *plusPolicy) bareLookedUp() {
 	p.mu.Unlock()
 }
 
-var _ gofs.FileLookuper = (*dirHandle)(nil)
-
-// Lookup is go-fuse's lookup of the entry Readdirent just returned, for a
-// READDIRPLUS reply. A file in a bare listing gets no attributes: the
-// error only tells go-fuse so, and the kernel sees node id 0.
-func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if !h.filesWithAttrs && h.pos > 0 {
-		if e := h.entries[h.pos-1]; e.Name == name && e.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return nil, syscall.ENOENT
-		}
+// lookup looks up an entry the listing hands out with READDIRPLUS. A file
+// in a bare listing gets no attributes: the error only says so, and the
+// kernel sees node id 0.
+func (h *dirHandle) lookup(e fuse.DirEntry, out *fuse.EntryOut) (*node, syscall.Errno) {
+	if !h.filesWithAttrs && e.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, syscall.ENOENT
 	}
-	return h.n.lookupEntry(ctx, name, out)
+	return h.n.lookupEntry(e.Name, out)
 }

@@ -2,27 +2,19 @@ package fs
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"syscall"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-fs/strata/whiteout"
-)
-
-var (
-	_ gofs.NodeOpendirHandler = (*node)(nil)
-	_ gofs.FileReaddirenter   = (*dirHandle)(nil)
-	_ gofs.FileSeekdirer      = (*dirHandle)(nil)
-	_ gofs.FileFsyncdirer     = (*dirHandle)(nil)
 )
 
 // dirHandle is a directory listing being read: a snapshot of the merged
@@ -33,9 +25,13 @@ var (
 // stayed, even when the directory changed in between and the piece comes
 // from a newer snapshot (ext4 hands out hash cookies for the same reason).
 type dirHandle struct {
-	n       *node
+	n *node
+	// mu serializes the readers sharing the snapshot (dircursor.go).
+	mu      sync.Mutex
 	entries []fuse.DirEntry // sorted by Off
 	pos     int
+	// off is the offset the next read continues from without a seek.
+	off uint64
 	// filesWithAttrs: READDIRPLUS looks up files too, not only
 	// directories (plus.go).
 	filesWithAttrs bool
@@ -62,14 +58,16 @@ func nameCookie(name string) uint64 {
 	return c
 }
 
-// OpendirHandle is called by openlessDirs only (the kernel never opens a
-// directory, see dircursor.go), so the open flags go nowhere.
-func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+// openDirHandle takes a snapshot of the directory's listing.
+func (n *node) openDirHandle() (*dirHandle, syscall.Errno) {
+	if n.kind != unix.S_IFDIR {
+		return nil, syscall.ENOTDIR
+	}
 	h := &dirHandle{n: n}
 	if err := h.load(); err != nil {
-		return nil, 0, toErrno(err)
+		return nil, toErrno(err)
 	}
-	return h, 0, 0
+	return h, 0
 }
 
 func (h *dirHandle) load() error {
@@ -115,18 +113,53 @@ func (h *dirHandle) decideAttrs(ents []fuse.DirEntry) {
 	h.n.u.plus.listedBare(files)
 }
 
-func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	if h.pos >= len(h.entries) {
-		return nil, 0
+// read fills out with the entries after cookie off; plus adds each
+// entry's attributes and node (READDIRPLUS), as the policy in plus.go
+// decides.
+func (h *dirHandle) read(off uint64, out *fuse.DirEntryList, plus bool) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off != h.off {
+		if errno := h.seek(off); errno != 0 {
+			return errno
+		}
 	}
-	e := h.entries[h.pos]
-	h.pos++
-	return &e, 0
+	for h.pos < len(h.entries) {
+		e := h.entries[h.pos]
+		if !plus {
+			if !out.AddDirEntry(e) {
+				break
+			}
+			h.pos++
+			continue
+		}
+		entryOut := out.AddDirLookupEntry(e)
+		if entryOut == nil {
+			break
+		}
+		h.pos++
+		if e.Name == "." || e.Name == ".." {
+			// The kernel ignores what a dot entry carries.
+			continue
+		}
+		if child, errno := h.lookup(e, entryOut); errno == 0 {
+			fillEntry(child, entryOut)
+			if e.Mode&unix.S_IFMT != child.kind {
+				// The type changed since the snapshot.
+				out.FixMode(child.kind)
+			}
+		}
+		// Else node id 0: the name without attributes, which the
+		// kernel looks up when it is used.
+	}
+	h.off = out.Offset
+	return 0
 }
 
-// Seekdir continues after cookie off; 0 is a rewind and takes a fresh
+// seek continues after cookie off; 0 is a rewind and takes a fresh
 // snapshot, as rewinddir expects.
-func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+func (h *dirHandle) seek(off uint64) syscall.Errno {
+	h.off = off
 	if off == 0 {
 		return toErrno(h.load())
 	}
@@ -134,15 +167,15 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	return 0
 }
 
-func (h *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	h.n.u.treeMu.RLock()
-	defer h.n.u.treeMu.RUnlock()
-	h.n.mu.Lock()
-	defer h.n.mu.Unlock()
-	if !h.n.inUpper {
+func (n *node) fsyncDir() syscall.Errno {
+	n.u.treeMu.RLock()
+	defer n.u.treeMu.RUnlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.inUpper {
 		return 0
 	}
-	fd, err := h.n.u.upper.open(h.n.upperRel(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	fd, err := n.u.upper.open(n.upperRel(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return toErrno(err)
 	}
@@ -223,8 +256,8 @@ func (n *node) upperEntries(shadowed map[string]bool, withIno bool) ([]fuse.DirE
 // upperEntryIno is the inode number the view shows for an upper entry: the
 // one recorded at copy-up, if any.
 func (n *node) upperEntryIno(dirfd int, name string, ino uint64) uint64 {
-	if child := n.GetChild(name); child != nil {
-		return child.StableAttr().Ino
+	if n.u.knownUpperIno(ino) {
+		return ino
 	}
 	if v, ok := getxattrString(dirfd, name, n.u.xattrPrefix+"ino"); ok {
 		if recorded, err := strconv.ParseUint(v, 10, 64); err == nil && recorded > 1 {

@@ -96,8 +96,8 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 		if err := unix.Renameat2(sdir, name, ddir, newName, unix.RENAME_EXCHANGE); err != nil {
 			return fmt.Errorf("exchange: %w", err)
 		}
-		src.node.moved(np, newName)
-		dst.node.moved(n, name)
+		src.node.moved(n, name, np, newName)
+		dst.node.moved(np, newName, n, name)
 		return nil
 	}
 	if err := src.node.prepareMove(sdir, name, dstLower); err != nil {
@@ -117,7 +117,7 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 		}
 	}
 	if dstExists {
-		dst.node.detachFrom(np, newName)
+		dst.node.dropName(np, newName)
 		if removesObject(dst.ci) {
 			n.u.objectRemoved(dst.node.ino, dst.node, &dst.ci.st)
 		}
@@ -127,7 +127,7 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 			}
 		}
 	}
-	src.node.moved(np, newName)
+	src.node.moved(n, name, np, newName)
 	return nil
 }
 
@@ -177,7 +177,7 @@ func (n *node) lookupChild(name string) (*found, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := n.newChild(ctx0, name, ci)
+	c := n.newChild(name, ci, false)
 	return &found{node: c, isDir: c.kind == unix.S_IFDIR, ci: ci}, nil
 }
 
@@ -294,10 +294,9 @@ func (n *node) clearDirForReplace(dirfd int, name string, dst *found) error {
 // directory's, which holds ".." with the old parent's inode number. Its
 // cache is dropped once the rename has been answered (a notification sent
 // while the kernel holds the rename's locks could wait on them).
-func (n *node) moved(parent *node, name string) {
-	oldParent := n.parent
-	n.parent, n.name = parent, name
+func (n *node) moved(oldParent *node, oldName string, parent *node, name string) {
+	n.renameName(oldParent, oldName, parent, name)
 	if n.kind == unix.S_IFDIR && oldParent != parent {
-		go n.NotifyContent(0, 0)
+		n.u.notifyContent(n)
 	}
 }

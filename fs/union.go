@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -45,9 +44,12 @@ type union struct {
 	treeMu sync.RWMutex
 
 	// nodes maps inode numbers to live nodes; see node.newChild. Every
-	// node gets the next generation, lastGen+1, so a node that left the
-	// table but is still held by the kernel never shares go-fuse's
-	// identity (mode, inode number, generation) with its successor.
+	// node gets the next generation, lastGen+1, which is also its FUSE
+	// node id, so a node that left the table but is still held by the
+	// kernel never shares its identity with its successor.
+	// ids maps the node ids the kernel holds to their nodes (kernel.go).
+	// aliases are the other names of nodes the kernel knows by more than
+	// one (aliases.go).
 	// twins are the inode numbers whose objects have, or had, a second
 	// kernel inode (see supersede).
 	// superseded are the nodes taken out of the table by supersede that
@@ -56,6 +58,8 @@ type union struct {
 	// skips the lock (see node.current).
 	nodesMu       sync.Mutex
 	nodes         map[uint64]*node
+	ids           map[uint64]*node
+	aliases       map[*node][]alias
 	lastGen       uint64
 	twins         map[uint64]struct{}
 	superseded    map[*node]uint64
@@ -84,6 +88,10 @@ type union struct {
 	// STRATA_NO_PASSTHROUGH is unset). Set before the first request is
 	// served as root, right after INIT otherwise.
 	passthrough atomic.Bool
+
+	root *node
+	// srv sends notifications to the kernel; set by INIT.
+	srv atomic.Pointer[fuse.Server]
 }
 
 // Errors for a stack that cannot be mounted; the CLI prints them as they are.
@@ -107,7 +115,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, ids: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -352,15 +360,7 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		u.close()
 		return nil, err
 	}
-	timeout := cacheTimeout
-	opts := &gofs.Options{
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		NullPermissions: true,
-		RootStableAttr:  &gofs.StableAttr{Ino: root.ino, Mode: unix.S_IFDIR},
-	}
-	opts.MountOptions = fuse.MountOptions{
+	opts := fuse.MountOptions{
 		AllowOther:  mo.AllowOther,
 		FsName:      mo.FsName,
 		Name:        "strata",
@@ -391,10 +391,10 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		MaxBackground: 64,
 	}
 	if mo.FsName == "" {
-		opts.MountOptions.FsName = "strata"
+		opts.FsName = "strata"
 	}
 	if mo.DefaultPermissions {
-		opts.MountOptions.Options = append(opts.MountOptions.Options, "default_permissions")
+		opts.Options = append(opts.Options, "default_permissions")
 	}
 	extra := mo.Extra
 	if cfg.ReadOnly || u.upper == nil {
@@ -404,13 +404,13 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 		// mount(2) itself: these are flags, and the kernel refuses
 		// them as option strings. Without any, a root mount allows
 		// devices and setuid files, as overlayfs does.
-		opts.MountOptions.DirectMountFlags = mountFlags(extra)
+		opts.DirectMountFlags = mountFlags(extra)
 	} else {
 		// fusermount3 turns the words into flags itself.
-		opts.MountOptions.Options = append(opts.MountOptions.Options, extra...)
+		opts.Options = append(opts.Options, extra...)
 	}
 	loopOpts := fuseloop.Options{Uring: !mo.NoUring, ReaperClass: mo.UringSched, Negotiated: u.negotiated}
-	srv, err := serve(mountpoint, root, opts, loopOpts)
+	srv, err := serve(mountpoint, root, &opts, loopOpts)
 	if err != nil {
 		u.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -419,19 +419,18 @@ func Mount(mountpoint string, cfg Config, mo MountOptions) (*Server, error) {
 	return srv, nil
 }
 
-// serve mounts the node tree with directories served without opens
-// (openlessDirs), on readers that yield now and then (yield.go), and
-// returns once the kernel has answered INIT.
+// serve mounts the node tree on readers that yield now and then
+// (yield.go), and returns once the kernel has answered INIT.
 //
 // As root the mount is made here and requests are read by fuseloop, one
 // reader at a time; go-fuse then only negotiates INIT and sends
 // notifications, on the same descriptor (the magic /dev/fd/N mount
 // point). Other users mount through fusermount3, which go-fuse drives, and
 // go-fuse's own loop serves.
-func serve(mountpoint string, root *node, opts *gofs.Options, loopOpts fuseloop.Options) (*Server, error) {
-	raw := yieldingFS{newOpenlessDirs(gofs.NewNodeFS(root, opts))}
+func serve(mountpoint string, root *node, opts *fuse.MountOptions, loopOpts fuseloop.Options) (*Server, error) {
+	raw := yieldingFS{newKernelFS(root)}
 	if os.Geteuid() != 0 {
-		srv, err := fuse.NewServer(raw, mountpoint, &opts.MountOptions)
+		srv, err := fuse.NewServer(raw, mountpoint, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -443,7 +442,7 @@ func serve(mountpoint string, root *node, opts *gofs.Options, loopOpts fuseloop.
 		loopOpts.Negotiated(srv) // go-fuse serves from INIT on: the first opens may not pass through
 		return &Server{Server: srv}, nil
 	}
-	m, err := fuseloop.Mount(raw, mountpoint, opts.MountOptions, loopOpts)
+	m, err := fuseloop.Mount(raw, mountpoint, *opts, loopOpts)
 	if err != nil {
 		return nil, err
 	}
