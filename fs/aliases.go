@@ -49,6 +49,7 @@ func (u *union) takeAlias(n *node) (*node, string, bool) {
 // Caller holds u.treeMu exclusively, or shared and n.mu.
 func (n *node) dropName(parent *node, name string) {
 	if n.parent == parent && n.name == name {
+		n.keepLowerRel()
 		n.parent = nil
 		if p, nm, ok := n.u.takeAlias(n); ok {
 			n.parent, n.name = p, nm
@@ -62,6 +63,7 @@ func (n *node) dropName(parent *node, name string) {
 // Caller holds u.treeMu exclusively.
 func (n *node) renameName(oldParent *node, oldName string, parent *node, name string) {
 	if n.parent == oldParent && n.name == oldName || n.parent == nil {
+		n.keepLowerRel()
 		n.parent, n.name = parent, name
 		return
 	}

@@ -257,7 +257,7 @@ func (n *node) objectAt() (int, string, error) {
 		fd, err := unix.Dup(n.u.lowers[0].rootFd)
 		return fd, "", err
 	}
-	dir, base := splitRel(n.lower.rel)
+	dir, base := splitRel(n.lowerRel())
 	fd, err := n.u.lowers[n.lower.layer].openDir(dir)
 	return fd, base, err
 }

@@ -61,7 +61,7 @@ func (n *node) copyUpLocked(withData bool) error {
 }
 
 func (n *node) copyUpObjectLocked(withData bool) error {
-	src := n.lower
+	src := lowerRef{layer: n.lower.layer, rel: n.lowerRel()}
 	l := n.u.lowers[src.layer]
 	var st unix.Stat_t
 	if err := n.statLower(&st); err != nil {
@@ -393,7 +393,7 @@ func (n *node) completeMetacopyLocked() error {
 		return fmt.Errorf("open metacopy: %w", err)
 	}
 	defer unix.Close(dst)
-	src, err := n.u.lowers[n.lower.layer].open(n.lower.rel, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	src, err := n.u.lowers[n.lower.layer].open(n.lowerRel(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("open metacopy data: %w", err)
 	}

@@ -128,7 +128,7 @@ func (n *node) open(flags int) (*file, error) {
 		return &file{n: n, fd: fd, upper: true, writable: flags&writeAccess != 0}, nil
 	}
 	// Read-only open of lower data (a lower file or a metacopy's data).
-	fd, err := n.u.lowers[n.lower.layer].open(n.lower.rel, openFlags&^(unix.O_TRUNC|unix.O_APPEND), 0)
+	fd, err := n.u.lowers[n.lower.layer].open(n.lowerRel(), openFlags&^(unix.O_TRUNC|unix.O_APPEND), 0)
 	if err != nil {
 		return nil, fmt.Errorf("open lower: %w", err)
 	}

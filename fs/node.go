@@ -75,6 +75,30 @@ type node struct {
 	// twin: the object has, or had, a second kernel inode (see
 	// union.supersede); its attributes are not cached by the kernel.
 	twin bool
+	// relFromName: lower.rel is not stored but is the parent's lower
+	// directory joined with name (lowerRel), as for most files; a full
+	// path per node was a fifth of the daemon's heap. Set at the node's
+	// making only; cleared, with the path stored, before parent or name
+	// change (keepLowerRel).
+	relFromName bool
+}
+
+// lowerRel is the path of the node's lower object in its layer. Caller
+// holds u.treeMu shared and n.mu, or u.treeMu exclusively.
+func (n *node) lowerRel() string {
+	if n.relFromName {
+		return joinRel(n.parent.lowerSet().rel, n.name)
+	}
+	return n.lower.rel
+}
+
+// keepLowerRel stores the lower path before the node's parent or name
+// changes. Caller holds what a change of parent or name needs.
+func (n *node) keepLowerRel() {
+	if n.relFromName {
+		n.lower.rel = n.lowerRel()
+		n.relFromName = false
+	}
 }
 
 // dirState is the part of a node only a directory needs. Keeping it out of
@@ -588,6 +612,8 @@ func (n *node) newChild(name string, ci *childInfo, forKernel bool) *node {
 	}
 	if kind == unix.S_IFDIR {
 		fresh.dir = &dirState{lowerDirs: ci.dirs, upperOpaque: ci.opaque}
+	} else if base, ok := childOf(n.lowerSet().rel, ci.lower.rel); ok && base == name {
+		fresh.lower.rel, fresh.relFromName = "", true
 	}
 	_, fresh.twin = n.u.twins[ci.ino]
 	if !ci.index {
@@ -814,9 +840,10 @@ func (n *node) statLower(st *unix.Stat_t) error {
 		return err
 	}
 	l := n.u.lowers[n.lower.layer]
-	fd, err := l.open(n.lower.rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	rel := n.lowerRel()
+	fd, err := l.open(rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return fmt.Errorf("open lower %q: %w", n.lower.rel, err)
+		return fmt.Errorf("open lower %q: %w", rel, err)
 	}
 	defer unix.Close(fd)
 	return unix.Fstat(fd, st)
@@ -838,7 +865,10 @@ func (n *node) statLowerInParent(st *unix.Stat_t) (bool, error) {
 	if ll == nil {
 		return false, nil
 	}
-	base, ok := childOf(p.dir.lowerDirs.rel, n.lower.rel)
+	base, ok := n.name, true
+	if !n.relFromName {
+		base, ok = childOf(p.dir.lowerDirs.rel, n.lower.rel)
+	}
 	if !ok {
 		return false, nil
 	}
