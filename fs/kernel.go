@@ -2,7 +2,9 @@ package fs
 
 import (
 	"math"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -38,6 +40,11 @@ type kernelFS struct {
 	filesMu sync.Mutex
 	files   map[uint64]*file
 	lastFh  uint64
+
+	// forgets counts forgotten nodes and listed names; collecting is
+	// set while a collection they started runs (forgotten).
+	forgets    atomic.Uint64
+	collecting atomic.Bool
 }
 
 func newKernelFS(root *node) *kernelFS {
@@ -187,7 +194,37 @@ func (k *kernelFS) Forget(id, nlookup uint64) {
 	n.kref = 0
 	u.forgetLocked(n)
 	u.nodesMu.Unlock()
-	n.release()
+	k.forgotten(1 + uint64(n.release()))
+}
+
+// forgetBurst is how much forgotten state, in nodes and listed names,
+// makes the daemon collect its garbage and return it to the system at once
+// (about 5 MiB).
+const forgetBurst = 1 << 16
+
+// forgotten counts the nodes and listed names freed with a node the kernel
+// forgot. The kernel forgets in bursts (memory pressure, drop_caches, an
+// unmount of a big tree), and serving FORGET allocates nothing, so without
+// a nudge the garbage would wait for the next collection that some later
+// request's allocations bring, or for the daemon's periodic return of
+// memory, before the RSS shrinks.
+func (k *kernelFS) forgotten(weight uint64) {
+	after := k.forgets.Add(weight)
+	if (after-weight)/forgetBurst == after/forgetBurst || !k.collecting.CompareAndSwap(false, true) {
+		return
+	}
+	// Collect again while the burst goes on, so its tail is returned
+	// too, not only what was forgotten when it crossed the mark.
+	go func() {
+		defer k.collecting.Store(false)
+		for {
+			before := k.forgets.Load()
+			debug.FreeOSMemory()
+			if k.forgets.Load()-before < forgetBurst/4 {
+				return
+			}
+		}
+	}()
 }
 
 func (k *kernelFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {

@@ -750,18 +750,20 @@ func (u *union) forgetLocked(n *node) {
 }
 
 // release closes the descriptors a node caches, once it is out of the
-// tables.
-func (n *node) release() {
+// tables, and returns how many names its listing held (garbage now).
+func (n *node) release() (listed int) {
 	n.dirFd().drop(n.u)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if ll := n.lowerListingIfBuilt(); ll != nil {
 		ll.closeDirFds(n.u)
+		listed = ll.size()
 	}
 	if n.anonFd >= 0 {
 		unix.Close(int(n.anonFd))
 		n.anonFd = -1
 	}
+	return listed
 }
 
 // fillEntry and fillAttr translate a backing stat into what the kernel sees.
