@@ -173,7 +173,7 @@ func (n *node) handOut(f *file, checkPrivileged bool) syscall.Errno {
 	}
 	want := ioFUSE
 	switch {
-	case !n.u.passthrough.Load() || (checkPrivileged && f.writesPrivileged()):
+	case !n.u.passthrough.Load() || (checkPrivileged && f.servedForPrivileges()):
 	case f.upper:
 		want = ioPassthroughUpper
 	default:
@@ -216,6 +216,34 @@ func (n *node) backingID(u *union, f *file) int32 {
 	}
 	o.backingRefs++
 	return o.backing
+}
+
+// servedForPrivileges reports whether f must be served through FUSE
+// because its file carries a set-id bit or a file capability: a writer so
+// that privileges drop as the writer (writesPrivileged), and a reader of
+// the upper file so that readers and writers of such a file share one
+// kernel inode. Were the reader passed through, a writer would supersede
+// the node, and the two kernel inodes would disagree about the file's
+// size: copy_file_range from the reader's descriptor is cut at the size
+// its inode last saw. Caller holds f.n.mu.
+func (f *file) servedForPrivileges() bool {
+	if f.writable {
+		return f.writesPrivileged()
+	}
+	if !f.upper {
+		// A lower file's writer opens a copy, which supersedes the
+		// node whatever the bits.
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(f.fd, &st) != nil || st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+		return true
+	}
+	if !f.n.xattrs.mayHave("security.capability") {
+		return false
+	}
+	_, err := unix.Fgetxattr(f.fd, "security.capability", nil)
+	return err == nil
 }
 
 // writesPrivileged reports whether f is open for writing on a file with a

@@ -113,13 +113,22 @@ func upperIno(t *testing.T, v *view, path string) uint64 {
 }
 
 // A node the kernel still holds after strata superseded it must keep
-// following its object when the successor is renamed. Here a setuid file
-// open for reading (served by passthrough) is opened for writing, which
-// strata serves itself (it must drop the setuid bit on a write): the file
-// gets a second kernel inode, and a stat or open through another hard link
-// the kernel cached still reaches the superseded one.
+// following its object when the successor is renamed. Here a lower file
+// open for reading (passed through to the lower file) gets a second name,
+// which copies it up, and is then opened for writing: the writer's handle
+// is on the upper copy, so the file gets a second kernel inode, and a stat
+// or open through the second name, which the kernel cached, still reaches
+// the superseded one.
 func TestSupersededNodeFollowsItsObject(t *testing.T) {
-	p := mountPairOnEmptyLayer(t, "h")
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(filepath.Join(lower, "h"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lower, "h", "a"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
 	results := map[string]string{}
 	for _, v := range []*view{p.oracle, p.sut} {
 		v.guarded("writing, renaming and reading hard links", func() { results[v.target.name()] = renameSupersededLink(t, v.mnt) })
@@ -132,25 +141,18 @@ func TestSupersededNodeFollowsItsObject(t *testing.T) {
 	}
 }
 
-// renameSupersededLink makes a setuid file h/a with a second name h/b,
-// writes h/a while a read-only handle is open, renames it, and reports
-// what h/b shows.
+// renameSupersededLink links the lower file h/a to h/b and writes it while
+// a read-only handle is open, renames it, and reports what h/b shows.
 func renameSupersededLink(t *testing.T, mnt string) string {
 	a, b := filepath.Join(mnt, "h", "a"), filepath.Join(mnt, "h", "b")
-	if err := os.WriteFile(a, []byte("old"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Chmod(a, 0o4755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Link(a, b); err != nil {
-		t.Fatal(err)
-	}
 	reader, err := os.Open(a)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer reader.Close()
+	if err := os.Link(a, b); err != nil {
+		t.Fatal(err)
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(b, &st); err != nil {
 		t.Fatal(err)
@@ -169,6 +171,63 @@ func renameSupersededLink(t *testing.T, mnt string) string {
 	statErr := unix.Stat(b, &st)
 	content, readErr := os.ReadFile(b)
 	return fmt.Sprintf("stat: %v mode=%o nlink=%d size=%d; read: %q %v", statErr, st.Mode, st.Nlink, st.Size, content, readErr)
+}
+
+// copy_file_range from a file to a later offset of itself, through two
+// descriptors, grows the file with each call, and each call sees the size
+// the last one left, on overlayfs as on any one filesystem. A setgid file
+// tests it here: strata serves its writers itself (privileges drop as the
+// writer), and its readers must then share their kernel inode, or the
+// reader's inode keeps the size it saw first and the copies stop short.
+func TestCopyFileRangeWithinAPrivilegedFile(t *testing.T) {
+	p := mountPairOnEmptyLayer(t, "")
+	results := map[string]string{}
+	for _, v := range []*view{p.oracle, p.sut} {
+		v.guarded("copy_file_range within a setgid file", func() { results[v.target.name()] = copyWithinFile(t, v.mnt) })
+		if v.hung != "" {
+			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+		}
+	}
+	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
+		t.Fatalf("copy_file_range within one file\noracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
+	}
+}
+
+// copyWithinFile copies up to 16 bytes of a one-byte setgid file onto
+// itself, one byte further on each time, and reports how much was copied
+// and what the file holds.
+func copyWithinFile(t *testing.T, mnt string) string {
+	a := filepath.Join(mnt, "a")
+	if err := os.WriteFile(a, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(a, 0o2755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := unix.Open(a, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(src)
+	dst, err := unix.Open(a, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dst)
+	copied := 0
+	inOff, outOff := int64(0), int64(1)
+	for copied < 16 {
+		n, err := unix.CopyFileRange(src, &inOff, dst, &outOff, 16-copied, 0)
+		if err != nil {
+			return fmt.Sprintf("copied %d, then %v", copied, err)
+		}
+		if n == 0 {
+			break
+		}
+		copied += n
+	}
+	content, err := os.ReadFile(a)
+	return fmt.Sprintf("copied %d; file %q %v", copied, content, err)
 }
 
 // A directory removed while a process still holds it (its working
