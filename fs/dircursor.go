@@ -58,7 +58,7 @@ func (d *dirCursors) changed() { d.gen.Add(1) }
 func (d *dirCursors) take(n *node) (*dirHandle, syscall.Errno) {
 	gen := d.gen.Load()
 	d.mu.Lock()
-	if c := d.cursors[n.gen]; c != nil && c.gen == gen {
+	if c := d.cursors[n.id]; c != nil && c.gen == gen {
 		d.mu.Unlock()
 		return c.h, 0
 	}
@@ -69,7 +69,7 @@ func (d *dirCursors) take(n *node) (*dirHandle, syscall.Errno) {
 		return nil, errno
 	}
 	d.mu.Lock()
-	d.cursors[n.gen] = &dirCursor{h: h, gen: gen}
+	d.cursors[n.id] = &dirCursor{h: h, gen: gen}
 	d.mu.Unlock()
 	return h, 0
 }

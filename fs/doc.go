@@ -64,12 +64,12 @@
 // (rename and remove need the node the kernel knows). Lower paths are
 // fixed for the life of a node; the upper path is derived from parent/name
 // links, and a hard link's other names the kernel knows are kept as
-// aliases (aliases.go). Every node gets a generation of its own, which is
-// its FUSE node id: the kernel never takes a new node for an old one it
-// still holds. kernel.go keeps the protocol's books: the node ids the
-// kernel holds (union.ids) with their lookup counts (node.kref), and the
-// open file handles; a node leaves the tables when FORGET gives back its
-// last reference. When the last name of an upper object goes (unlink,
+// aliases (aliases.go). A node the kernel holds has a FUSE node id that no
+// other node ever gets: the kernel never takes a new node for an old one
+// it still holds. kernel.go keeps the protocol's books: the nodes the
+// kernel holds (union.ids, a slice indexed by node id) with their lookup
+// counts (node.kref), and the open file handles; a node leaves the tables
+// when FORGET gives back its last reference. When the last name of an upper object goes (unlink,
 // rmdir, a rename over it), its node leaves the table at once: the kernel
 // may hold the node a while yet, and the upper filesystem may give the
 // freed inode number to the next object it makes. Until the kernel forgets
@@ -81,7 +81,7 @@
 // kept in Go's 128-byte allocation class (node_test.go): what only a
 // directory needs lives in dirState, open-file bookkeeping is allocated at
 // the first open, the xattr name cache is one pointer, and nothing else is
-// kept per node but its two map entries (union.nodes and union.ids). A
+// kept per node but its entry in union.nodes and its slot in union.ids. A
 // directory keeps no map of its children: the kernel's dentry cache is
 // that map.
 //
@@ -163,7 +163,7 @@
 // kind of open beside them. So when such a file is opened again after its
 // copy-up, the node is superseded (file.go handOut): it leaves the inode
 // table, the open answers ESTALE, the kernel looks the path up again and
-// gets a new node (same st_ino, new generation), which is a new kernel
+// gets a new node (same st_ino, new node id), which is a new kernel
 // inode, and retries the open there. Old handles keep reading the lower
 // content (kernel overlayfs since 4.19 moves them to the
 // copy instead). While an object has two kernel inodes, neither caches its

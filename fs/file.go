@@ -160,7 +160,7 @@ func (n *node) openUpperObject(flags int) (int, error) {
 // before was copied up and is opened again, now on the upper file; or a
 // set-id file is opened for writing), this kernel inode cannot serve it.
 // The node is then superseded: it leaves the inode table, so the next lookup of any of its
-// names makes a new node with the same st_ino and a new generation, which
+// names makes a new node with the same st_ino and a new node id, which
 // the kernel treats as a new inode. The open answers ESTALE, on which the
 // kernel looks the path up again (LOOKUP_REVAL) and retries the open on the
 // new node. Old handles keep the old kernel inode and keep reading the old

@@ -18,10 +18,13 @@ import (
 // does not use: the requests arrive from fuseloop (or go-fuse's own loop
 // for an unprivileged mount) already split into Go structs.
 //
-// Node ids. A node's id is its generation (node.gen), which no other node
-// ever gets, so an id the kernel still holds can never name a newer node;
-// the root is id 1 (FUSE_ROOT_ID). union.ids maps the ids the kernel holds
-// to their nodes, and node.kref counts the kernel's references: one per
+// Node ids. A node the kernel holds has a slot in union.ids, and its id
+// (node.id) is the slot number in the low 32 bits and a sequence number in
+// the high ones: a slot is reused once the kernel forgets its node, but
+// the id is not, so an id the kernel still holds can never name a newer
+// node (and a slice of slots costs 8 bytes a node, a map about 40). The
+// root is id 1 (FUSE_ROOT_ID). node.kref counts the kernel's references:
+// one per
 // entry handed out (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK, TMPFILE,
 // and each READDIRPLUS entry with attributes), given back by FORGET. Both
 // are guarded by union.nodesMu, and a reference is taken in the same
@@ -49,13 +52,10 @@ type kernelFS struct {
 
 func newKernelFS(root *node) *kernelFS {
 	u := root.u
-	root.gen = rootID
 	root.kref = 1 // the kernel's own, never forgotten
+	root.id = rootID
 	u.nodesMu.Lock()
-	if u.lastGen < rootID {
-		u.lastGen = rootID
-	}
-	u.ids[rootID] = root
+	u.ids = []*node{nil, root} // slot 0 is never an id: 0 means none
 	u.nodesMu.Unlock()
 	u.root = root
 	return &kernelFS{
@@ -87,9 +87,49 @@ func ctxOf(h *fuse.InHeader, cancel <-chan struct{}) *fuse.Context {
 // not hold (a protocol error; answered with ESTALE).
 func (k *kernelFS) node(id uint64) *node {
 	k.u.nodesMu.Lock()
-	n := k.u.ids[id]
+	n := k.u.nodeByIDLocked(id)
 	k.u.nodesMu.Unlock()
 	return n
+}
+
+// nodeByIDLocked returns the node with id, or nil. Caller holds
+// u.nodesMu.
+func (u *union) nodeByIDLocked(id uint64) *node {
+	slot := uint32(id)
+	if int(slot) >= len(u.ids) {
+		return nil
+	}
+	if n := u.ids[slot]; n != nil && n.id == id {
+		return n
+	}
+	return nil
+}
+
+// newIDLocked gives n a slot and an id. Caller holds u.nodesMu.
+func (u *union) newIDLocked(n *node) {
+	var slot uint32
+	if k := len(u.freeIDs); k > 0 {
+		slot = u.freeIDs[k-1]
+		u.freeIDs = u.freeIDs[:k-1]
+	} else {
+		slot = uint32(len(u.ids))
+		u.ids = append(u.ids, nil)
+	}
+	u.lastSeq++
+	u.ids[slot] = n
+	n.id = uint64(slot) | uint64(u.lastSeq)<<32
+}
+
+// freeIDLocked empties the slot of a node the kernel forgot. Caller holds
+// u.nodesMu.
+func (u *union) freeIDLocked(n *node) {
+	if n.id == 0 {
+		return
+	}
+	slot := uint32(n.id)
+	u.ids[slot] = nil
+	u.freeIDs = append(u.freeIDs, slot)
+	n.id = 0
 }
 
 // file returns the open file behind handle fh, or nil.
@@ -119,8 +159,8 @@ func (k *kernelFS) takeFile(fh uint64) *file {
 // fillEntry completes the reply of a request that handed child to the
 // kernel (its reference is already counted).
 func fillEntry(child *node, out *fuse.EntryOut) {
-	out.NodeId = child.gen
-	out.Generation = child.gen
+	out.NodeId = child.id
+	out.Generation = child.id >> 32
 	out.Attr.Ino = child.ino
 	out.Attr.Mode = child.kind | out.Attr.Mode&07777
 	if out.AttrTimeout() == 0 {
@@ -138,7 +178,7 @@ func fillEntry(child *node, out *fuse.EntryOut) {
 // early, since a FORGET never gives back more than the kernel counted.
 func (u *union) refLocked(n *node) {
 	if n.kref == 0 {
-		u.ids[n.gen] = n
+		u.newIDLocked(n)
 	}
 	if n.kref < math.MaxUint32 {
 		n.kref++
@@ -181,7 +221,7 @@ func (k *kernelFS) Forget(id, nlookup uint64) {
 	k.dirs.forget(id)
 	u := k.u
 	u.nodesMu.Lock()
-	n := u.ids[id]
+	n := u.nodeByIDLocked(id)
 	if n == nil || n == k.root {
 		u.nodesMu.Unlock()
 		return
@@ -581,7 +621,7 @@ func (k *kernelFS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) f
 	}
 	errno = h.read(in.Offset, out, plus)
 	// An error, or nothing added: the end of the listing.
-	k.dirs.put(n.gen, h, errno != 0 || out.Offset == in.Offset)
+	k.dirs.put(in.NodeId, h, errno != 0 || out.Offset == in.Offset)
 	return status(errno)
 }
 
@@ -598,11 +638,18 @@ func (k *kernelFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Statu
 // while the kernel holds locks for the request being served could wait on
 // them.
 func (u *union) notifyContent(n *node) {
+	u.nodesMu.Lock()
+	defer u.nodesMu.Unlock()
+	u.notifyContentLocked(n)
+}
+
+// notifyContentLocked is notifyContent for a caller holding u.nodesMu.
+func (u *union) notifyContentLocked(n *node) {
 	srv := u.srv.Load()
-	if srv == nil {
+	if srv == nil || n.id == 0 {
 		return
 	}
-	go srv.InodeNotify(n.gen, 0, 0)
+	go srv.InodeNotify(n.id, 0, 0)
 }
 
 // knownUpperIno reports whether a node shows the upper inode number ino

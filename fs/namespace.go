@@ -316,7 +316,6 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	child := &node{u: n.u, kind: unix.S_IFREG, ino: n.u.upper.foldIno(st.Ino), inUpper: true, anonFd: int32(anon)}
 	n.u.nodesMu.Lock()
-	child.gen = n.u.nextGenLocked()
 	n.u.nodes[child.ino] = child
 	n.u.refLocked(child)
 	n.u.nodesMu.Unlock()

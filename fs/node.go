@@ -48,9 +48,9 @@ type node struct {
 	opens *openState
 	// xattrs caches the object's xattr names (see attr.go).
 	xattrs xattrNames
-	// gen is unique to the node (union.lastGen) and never changes: it is
-	// the node's id in the FUSE protocol (kernel.go).
-	gen uint64
+	// id is the node's id in the FUSE protocol while the kernel holds it,
+	// 0 otherwise (kernel.go). Guarded by u.nodesMu.
+	id uint64
 
 	kind uint32 // S_IFMT; never changes
 	// kref counts the kernel's references to the node (kernel.go),
@@ -606,7 +606,7 @@ func (n *node) newChild(name string, ci *childInfo, forKernel bool) *node {
 	}
 	defer n.u.nodesMu.Unlock()
 	fresh := &node{
-		u: n.u, kind: kind, ino: ci.ino, gen: n.u.nextGenLocked(), parent: n, name: name,
+		u: n.u, kind: kind, ino: ci.ino, parent: n, name: name,
 		inUpper: ci.inUpper || ci.index, lower: ci.lower, hasLower: ci.hasLower, metacopy: ci.metacopy,
 		index: ci.index, lowerNames: ci.lowerNames, anonFd: -1,
 	}
@@ -625,12 +625,6 @@ func (n *node) newChild(name string, ci *childInfo, forKernel bool) *node {
 		n.u.refLocked(fresh)
 	}
 	return fresh
-}
-
-// nextGenLocked is the generation of a new node. Caller holds u.nodesMu.
-func (u *union) nextGenLocked() uint64 {
-	u.lastGen++
-	return u.lastGen
 }
 
 // objectRemoved takes the node of a removed upper object out of the table.
@@ -694,7 +688,7 @@ func (u *union) supersede(n *node) {
 	u.superseded[n] = n.ino
 	u.anySuperseded.Store(true)
 	n.twin = true
-	n.u.notifyContent(n) // drop the attributes the kernel holds now
+	u.notifyContentLocked(n) // drop the attributes the kernel holds now
 }
 
 // current is the node that stands for n's object now: n itself, or for a
@@ -740,7 +734,7 @@ func (n *node) isRoot() bool { return n == n.u.root }
 // forgetLocked takes a node the kernel no longer holds out of the tables.
 // Caller holds u.nodesMu.
 func (u *union) forgetLocked(n *node) {
-	delete(u.ids, n.gen)
+	u.freeIDLocked(n)
 	if u.nodes[n.ino] == n {
 		delete(u.nodes, n.ino)
 	}

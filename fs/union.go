@@ -43,11 +43,11 @@ type union struct {
 	// holds it shared while it resolves a path to a descriptor.
 	treeMu sync.RWMutex
 
-	// nodes maps inode numbers to live nodes; see node.newChild. Every
-	// node gets the next generation, lastGen+1, which is also its FUSE
-	// node id, so a node that left the table but is still held by the
-	// kernel never shares its identity with its successor.
-	// ids maps the node ids the kernel holds to their nodes (kernel.go).
+	// nodes maps inode numbers to live nodes; see node.newChild.
+	// ids holds the nodes the kernel holds, each at the slot its FUSE
+	// node id names; freeIDs are the empty slots, and lastSeq numbers the
+	// ids handed out, so a node that left the table but is still held by
+	// the kernel never shares its id with its successor (kernel.go).
 	// aliases are the other names of nodes the kernel knows by more than
 	// one (aliases.go).
 	// twins are the inode numbers whose objects have, or had, a second
@@ -58,9 +58,10 @@ type union struct {
 	// skips the lock (see node.current).
 	nodesMu       sync.Mutex
 	nodes         map[uint64]*node
-	ids           map[uint64]*node
+	ids           []*node
+	freeIDs       []uint32
+	lastSeq       uint32
 	aliases       map[*node][]alias
-	lastGen       uint64
 	twins         map[uint64]struct{}
 	superseded    map[*node]uint64
 	anySuperseded atomic.Bool
@@ -115,7 +116,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, ids: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
 	ok := false
 	defer func() {
 		if !ok {
