@@ -22,19 +22,37 @@ type lowerRef struct {
 	rel   string
 }
 
-// lowerEntry is one visible name of a merged lower directory.
+// lowerEntry is one visible name of a merged lower directory. A listing
+// keeps one per name for as long as the kernel holds the directory, so it
+// is packed into 24 bytes.
 type lowerEntry struct {
-	layer int    // topmost lower layer holding the name
-	mode  uint32 // S_IFMT of that entry
+	ino uint64 // its backing inode number (d_ino), not yet folded
+	// dirs lists, for a directory, every lower layer from the top one
+	// down in which the same name is also a directory and not hidden by a
+	// whiteout or a non-directory above it; nil for anything else.
+	// Opacity of those child directories is checked when the child's own
+	// listing is built.
+	dirs *[]int
+	top  uint16 // topmost lower layer holding the name (maxLowers)
+	typ  uint16 // S_IFMT of that entry
 	// noXattrs: the entry is known to carry no xattr at all (learnt by
 	// the prefetcher), so its node can answer getxattr without asking.
 	noXattrs bool
-	ino      uint64 // its backing inode number (d_ino), not yet folded
-	// dirLayers lists, for a directory, every lower layer from the top one
-	// down in which the same name is also a directory and not hidden by a
-	// whiteout or a non-directory above it. Opacity of those child
-	// directories is checked when the child's own listing is built.
-	dirLayers []int
+}
+
+// maxLowers is the most lower layers a union may have: lowerEntry keeps
+// a layer's index in 16 bits.
+const maxLowers = 1 << 16
+
+func (e *lowerEntry) layer() int   { return int(e.top) }
+func (e *lowerEntry) mode() uint32 { return uint32(e.typ) }
+
+// dirLayers is the list dirs points to, nil for a non-directory.
+func (e *lowerEntry) dirLayers() []int {
+	if e.dirs == nil {
+		return nil
+	}
+	return *e.dirs
 }
 
 // lowerListing is the merge of one directory across the lower layers. It is
@@ -131,10 +149,23 @@ func (ll *lowerListing) entry(name string) *lowerEntry {
 // size is the number of names listed.
 func (ll *lowerListing) size() int { return len(ll.names) }
 
-// namedEntry is a lowerEntry with its name, while a merge is being built.
+// namedEntry is an entry with its name, while a merge is being built
+// (dirLayers as lowerEntry.dirs).
 type namedEntry struct {
-	name string
-	lowerEntry
+	name      string
+	layer     int
+	mode      uint32
+	ino       uint64
+	dirLayers []int
+}
+
+// packed is the entry as a listing keeps it.
+func (e *namedEntry) packed() lowerEntry {
+	p := lowerEntry{ino: e.ino, top: uint16(e.layer), typ: uint16(e.mode)}
+	if layers := openMerge(e.dirLayers); layers != nil {
+		p.dirs = &layers
+	}
+	return p
 }
 
 // layerScan is what one layer's directory contributes.
@@ -243,8 +274,7 @@ func sortedListing(merged []namedEntry) *lowerListing {
 	ll := &lowerListing{names: make([]string, len(merged)), ents: make([]lowerEntry, len(merged))}
 	for i, k := range keys {
 		ll.names[i] = k.name
-		ll.ents[i] = merged[k.place].lowerEntry
-		ll.ents[i].dirLayers = openMerge(ll.ents[i].dirLayers)
+		ll.ents[i] = merged[k.place].packed()
 	}
 	return ll
 }
@@ -370,7 +400,7 @@ func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
 				return nil
 			}
 		}
-		scan.entries = append(scan.entries, namedEntry{name, lowerEntry{layer: d.layer, mode: mode, ino: ino}})
+		scan.entries = append(scan.entries, namedEntry{name: name, layer: d.layer, mode: mode, ino: ino})
 		return nil
 	})
 	return scan, err

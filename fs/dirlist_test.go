@@ -65,10 +65,10 @@ func TestDeepMergeStopsAtOpaqueLayer(t *testing.T) {
 	if !reflect.DeepEqual(used, wantUsed) {
 		t.Errorf("layers merged = %v, want %v", used, wantUsed)
 	}
-	if e := ll.entry("shared"); e == nil || e.layer != 0 {
+	if e := ll.entry("shared"); e == nil || e.layer() != 0 {
 		t.Errorf("shared comes from %+v, want the top layer", e)
 	}
-	if e := ll.entry(fmt.Sprintf("f%03d", opaqueAt)); e == nil || e.layer != opaqueAt {
+	if e := ll.entry(fmt.Sprintf("f%03d", opaqueAt)); e == nil || e.layer() != opaqueAt {
 		t.Errorf("f%03d comes from %+v, want layer %d", opaqueAt, e, opaqueAt)
 	}
 }

@@ -437,9 +437,9 @@ func (n *node) upperChild(dirfd int, name string, lowerEnt *lowerEntry, ci *chil
 		n.upperDirLowers(dirfd, name, lowerEnt, ci)
 	case ci.metacopy:
 		n.metacopyLower(dirfd, name, lowerEnt, ci)
-	case lowerEnt != nil && lowerEnt.mode == mode:
+	case lowerEnt != nil && lowerEnt.mode() == mode:
 		// A copied-up file remembers its origin only for identity.
-		ci.lower = n.lowerChildRef(lowerEnt.layer, name)
+		ci.lower = n.lowerChildRef(lowerEnt.layer(), name)
 		ci.hasLower = false
 	}
 	return ci, true, nil
@@ -501,8 +501,8 @@ func (n *node) upperDirLowers(dirfd int, name string, lowerEnt *lowerEntry, ci *
 			return
 		}
 	}
-	if lowerEnt != nil && lowerEnt.mode == unix.S_IFDIR {
-		ci.dirs = n.lowerSet().child(name, lowerEnt.dirLayers)
+	if lowerEnt != nil && lowerEnt.mode() == unix.S_IFDIR {
+		ci.dirs = n.lowerSet().child(name, lowerEnt.dirLayers())
 	}
 }
 
@@ -516,8 +516,8 @@ func (n *node) metacopyLower(dirfd int, name string, lowerEnt *lowerEntry, ci *c
 			return
 		}
 	}
-	if lowerEnt != nil && lowerEnt.mode == unix.S_IFREG {
-		ci.lower, ci.hasLower = n.lowerChildRef(lowerEnt.layer, name), true
+	if lowerEnt != nil && lowerEnt.mode() == unix.S_IFREG {
+		ci.lower, ci.hasLower = n.lowerChildRef(lowerEnt.layer(), name), true
 		return
 	}
 	// The data is gone: show the metadata with what the upper holds.
@@ -563,10 +563,10 @@ func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowe
 
 // lookupLower stats the topmost lower entry for name.
 func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
-	ref := n.lowerChildRef(e.layer, name)
-	l := n.u.lowers[e.layer]
+	ref := n.lowerChildRef(e.layer(), name)
+	l := n.u.lowers[e.layer()]
 	ci := &childInfo{lower: ref, hasLower: true}
-	dirfd, mustClose, err := n.dir.listing.Load().lowerDirFd(n.u, n.dir.lowerDirs, e.layer)
+	dirfd, mustClose, err := n.dir.listing.Load().lowerDirFd(n.u, n.dir.lowerDirs, e.layer())
 	if err != nil {
 		return nil, fmt.Errorf("open lower dir: %w", err)
 	}
@@ -581,9 +581,9 @@ func (n *node) lookupLower(name string, e *lowerEntry) (*childInfo, error) {
 	if e.noXattrs {
 		ci.xattrs = knownXattrNames(nil)
 	}
-	if e.mode == unix.S_IFDIR {
+	if e.mode() == unix.S_IFDIR {
 		// The same path as ref's: one string for both.
-		ci.dirs = lowerDirSet{rel: ref.rel, layers: e.dirLayers}
+		ci.dirs = lowerDirSet{rel: ref.rel, layers: e.dirLayers()}
 	}
 	n.u.checkIndex(ci)
 	return ci, nil

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"testing"
 	"unsafe"
 )
@@ -12,5 +13,29 @@ import (
 func TestNodeFitsAllocationClass(t *testing.T) {
 	if size := unsafe.Sizeof(node{}); size > 128 {
 		t.Fatalf("node is %d bytes, more than the 128-byte allocation class", size)
+	}
+}
+
+// A listing keeps a lowerEntry per name of every directory the kernel
+// holds; it stays packed in 24 bytes.
+func TestLowerEntryIsPacked(t *testing.T) {
+	if size := unsafe.Sizeof(lowerEntry{}); size > 24 {
+		t.Fatalf("lowerEntry is %d bytes, more than 24", size)
+	}
+}
+
+// A stack deeper than a lowerEntry can number is refused before anything
+// is opened.
+func TestTooManyLowersRefused(t *testing.T) {
+	dir := t.TempDir()
+	lowers := make([]string, maxLowers+1)
+	for i := range lowers {
+		lowers[i] = dir
+	}
+	if _, err := newUnion(Config{Lowers: lowers}); !errors.Is(err, ErrTooManyLowers) {
+		t.Fatalf("newUnion with %d lowers: %v, want %v", len(lowers), err, ErrTooManyLowers)
+	}
+	if _, err := newUnion(Config{Lowers: lowers[:maxLowers]}); errors.Is(err, ErrTooManyLowers) {
+		t.Fatalf("newUnion with %d lowers refused as too many", maxLowers)
 	}
 }

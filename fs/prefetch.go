@@ -138,7 +138,7 @@ func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
 func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
 	var subdirs []string
 	for i, name := range ll.names {
-		if e := &ll.ents[i]; e.mode == unix.S_IFDIR && len(e.dirLayers) > 0 {
+		if e := &ll.ents[i]; e.mode() == unix.S_IFDIR && len(e.dirLayers()) > 0 {
 			subdirs = append(subdirs, name)
 		}
 	}
@@ -150,7 +150,7 @@ func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
 	slices.SortFunc(subdirs, func(a, b string) int { return cmp.Compare(nameCookie(b), nameCookie(a)) })
 	sets := make([]lowerDirSet, len(subdirs))
 	for i, name := range subdirs {
-		sets[i] = dirs.child(name, ll.entry(name).dirLayers)
+		sets[i] = dirs.child(name, ll.entry(name).dirLayers())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -230,10 +230,10 @@ func (p *prefetcher) warmInodes(dirs lowerDirSet, ll *lowerListing) {
 	files := p.u.plus.filesWanted()
 	for i, name := range ll.names {
 		e := &ll.ents[i]
-		if !files && e.mode != unix.S_IFDIR {
+		if !files && e.mode() != unix.S_IFDIR {
 			continue // listed without attributes, so not stat'ed
 		}
-		li := e.layer
+		li := e.layer()
 		fd, ok := fds[li]
 		if !ok {
 			var err error

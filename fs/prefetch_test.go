@@ -77,10 +77,10 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 	}
 	for _, name := range []string{"d", "o", "plain"} {
 		e := rootList.entry(name)
-		if e == nil || e.mode != unix.S_IFDIR {
+		if e == nil || e.mode() != unix.S_IFDIR {
 			t.Fatalf("root listing lacks directory %q: %+v", name, e)
 		}
-		child := root.child(name, e.dirLayers)
+		child := root.child(name, e.dirLayers())
 		waitReady(t, u.prefetch, child)
 		got, gotUsed, err := u.prefetch.listing(child)
 		if err != nil {
@@ -107,7 +107,7 @@ func TestPrefetchMarksEntriesWithoutXattrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := root.child("d", rootList.entry("d").dirLayers)
+	d := root.child("d", rootList.entry("d").dirLayers())
 	waitReady(t, u.prefetch, d)
 	ll, _, err := u.prefetch.listing(d)
 	if err != nil {
@@ -136,7 +136,7 @@ func TestPrefetchHandsOutOnceAndStaysBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := root.child("d", rootList.entry("d").dirLayers)
+	d := root.child("d", rootList.entry("d").dirLayers())
 	waitReady(t, p, d)
 	if _, _, err := p.listing(d); err != nil {
 		t.Fatal(err)

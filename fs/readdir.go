@@ -210,7 +210,7 @@ func (n *node) mergedEntries(withIno bool) ([]fuse.DirEntry, error) {
 			continue
 		}
 		e := &ll.ents[i]
-		out = append(out, fuse.DirEntry{Name: name, Mode: e.mode, Ino: n.u.lowers[e.layer].foldIno(e.ino)})
+		out = append(out, fuse.DirEntry{Name: name, Mode: e.mode(), Ino: n.u.lowers[e.layer()].foldIno(e.ino)})
 	}
 	return out, nil
 }

@@ -102,6 +102,7 @@ var (
 	ErrWorkNotEmpty  = errors.New("work directory holds files strata did not make")
 	ErrMountInLayer  = errors.New("mountpoint is inside or over a layer (that would deadlock)")
 	ErrNoLowers      = errors.New("at least one lower layer is needed")
+	ErrTooManyLowers = fmt.Errorf("more than %d lower layers", maxLowers)
 	ErrUpperNeedWork = errors.New("an upper layer needs a work directory and the other way round")
 )
 
@@ -112,6 +113,9 @@ const workMarker = "strata"
 func newUnion(cfg Config) (*union, error) {
 	if len(cfg.Lowers) == 0 {
 		return nil, ErrNoLowers
+	}
+	if len(cfg.Lowers) > maxLowers {
+		return nil, ErrTooManyLowers
 	}
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
