@@ -53,12 +53,12 @@ func newDirCursors() *dirCursors {
 // change is done, so no later read is served from an older snapshot.
 func (d *dirCursors) changed() { d.gen.Add(1) }
 
-// take returns the directory's snapshot, taking a fresh one if there is
-// none or the namespace changed since it was taken.
-func (d *dirCursors) take(n *node) (*dirHandle, syscall.Errno) {
+// take returns the snapshot of directory n, whose node id is id, taking a
+// fresh one if there is none or the namespace changed since it was taken.
+func (d *dirCursors) take(n *node, id uint64) (*dirHandle, syscall.Errno) {
 	gen := d.gen.Load()
 	d.mu.Lock()
-	if c := d.cursors[n.id]; c != nil && c.gen == gen {
+	if c := d.cursors[id]; c != nil && c.gen == gen {
 		d.mu.Unlock()
 		return c.h, 0
 	}
@@ -69,7 +69,7 @@ func (d *dirCursors) take(n *node) (*dirHandle, syscall.Errno) {
 		return nil, errno
 	}
 	d.mu.Lock()
-	d.cursors[n.id] = &dirCursor{h: h, gen: gen}
+	d.cursors[id] = &dirCursor{h: h, gen: gen}
 	d.mu.Unlock()
 	return h, 0
 }

@@ -94,7 +94,9 @@
 //     parent's mu before the child's (parents are copied up first); two
 //     unrelated nodes are never locked together.
 //  3. Leaf locks, never held while taking another: union.nodesMu (the
-//     inode table), union.tmpMu, each node's cached directory
+//     inode table, the node ids and lookup counts, the aliases),
+//     kernelFS.filesMu (the file handles), dirCursors.mu (the shared
+//     listing snapshots), union.tmpMu, each node's cached directory
 //     descriptor lock (dirfd.go), each listing's lock on its kept lower
 //     directory descriptors (dirlist.go; a child's stat takes its
 //     parent's), the prefetcher's lock (prefetch.go) and the READDIRPLUS

@@ -24,13 +24,14 @@ import (
 // the id is not, so an id the kernel still holds can never name a newer
 // node (and a slice of slots costs 8 bytes a node, a map about 40). The
 // root is id 1 (FUSE_ROOT_ID). node.kref counts the kernel's references:
-// one per
-// entry handed out (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK, TMPFILE,
-// and each READDIRPLUS entry with attributes), given back by FORGET. Both
-// are guarded by union.nodesMu, and a reference is taken in the same
-// critical section that finds or makes the node (newChild), so a FORGET
-// racing a LOOKUP either drops the node before the lookup looks (which then
-// makes a new one) or leaves it with the lookup's reference.
+// one per entry handed out (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK,
+// TMPFILE, and each READDIRPLUS entry with attributes), given back by
+// FORGET. Both are guarded by union.nodesMu, and a reference is taken in
+// the same critical section that finds or makes the node (newChild), so a
+// FORGET racing a LOOKUP either drops the node before the lookup looks
+// (which then makes a new one) or leaves it with the lookup's reference.
+//
+// union.nodesMu and filesMu are leaf locks (see the lock order in doc.go).
 //
 // File handles are keys into files; directories have none (dircursor.go).
 type kernelFS struct {
@@ -159,8 +160,14 @@ func (k *kernelFS) takeFile(fh uint64) *file {
 // fillEntry completes the reply of a request that handed child to the
 // kernel (its reference is already counted).
 func fillEntry(child *node, out *fuse.EntryOut) {
-	out.NodeId = child.id
-	out.Generation = child.id >> 32
+	// Under the lock, though the reference this reply carries keeps the
+	// id: a FORGET of it comes after the reply, but nothing in the
+	// process orders the two.
+	child.u.nodesMu.Lock()
+	id := child.id
+	child.u.nodesMu.Unlock()
+	out.NodeId = id
+	out.Generation = id >> 32
 	out.Attr.Ino = child.ino
 	out.Attr.Mode = child.kind | out.Attr.Mode&07777
 	if out.AttrTimeout() == 0 {
@@ -218,7 +225,6 @@ func (k *kernelFS) Lookup(cancel <-chan struct{}, in *fuse.InHeader, name string
 // Forget gives back nlookup references; a node the kernel no longer holds
 // leaves the tables and lets go of its descriptors.
 func (k *kernelFS) Forget(id, nlookup uint64) {
-	k.dirs.forget(id)
 	u := k.u
 	u.nodesMu.Lock()
 	n := u.nodeByIDLocked(id)
@@ -234,6 +240,7 @@ func (k *kernelFS) Forget(id, nlookup uint64) {
 	n.kref = 0
 	u.forgetLocked(n)
 	u.nodesMu.Unlock()
+	k.dirs.forget(id)
 	k.forgotten(1 + uint64(n.release()))
 }
 
@@ -615,7 +622,7 @@ func (k *kernelFS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) f
 	if n == nil {
 		return staleStatus
 	}
-	h, errno := k.dirs.take(n)
+	h, errno := k.dirs.take(n, in.NodeId)
 	if errno != 0 {
 		return status(errno)
 	}
