@@ -28,10 +28,21 @@ type openState struct {
 	// through them (the kernel sends those without a handle).
 	live map[*file]struct{}
 	// backing is the passthrough backing file registered for the node's
-	// passthrough handles, 0 if none; backingRefs counts those handles.
-	backing     int32
-	backingRefs int32
+	// passthrough handles, 0 if none; backingRefs counts those handles,
+	// and backingUpper says whether it is the upper file. It stays
+	// registered after the last handle closes, for the next open (see
+	// keepBacking).
+	backing      int32
+	backingRefs  int32
+	backingUpper bool
 }
+
+// maxIdleBackings bounds the backing files a mount keeps registered for
+// nodes with no passthrough handle open. Registering one is two ioctls
+// (one to register at the open, one to unregister at the release) and a
+// file the kernel holds; a file opened again and again (grep after an
+// untar, a build reading headers) reuses its registration instead.
+const maxIdleBackings = 8192
 
 // ioMode is how a node's open files are served.
 type ioMode uint8
@@ -200,22 +211,80 @@ func (n *node) backingID(u *union, f *file) int32 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	o := n.opens
+	if o.backing != 0 && o.backingRefs == 0 {
+		u.idleBackings.Add(-1)
+		if o.backingUpper != f.upper {
+			// Kept from before a copy-up: the data is elsewhere now.
+			n.unregisterBackingLocked()
+		}
+	}
 	if o.backing == 0 {
-		srv := u.srv.Load()
-		if srv == nil {
+		id, ok := registerBacking(u, f.fd)
+		if !ok {
 			f.pt = false
 			return 0
 		}
-		id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.fd)})
-		if errno != 0 {
-			u.passthrough.Store(false)
-			f.pt = false
-			return 0
-		}
-		o.backing = id
+		o.backing, o.backingUpper = id, f.upper
 	}
 	o.backingRefs++
 	return o.backing
+}
+
+// registerBacking registers the file open at fd as a backing file, through
+// an open file description of its own: the kernel keeps the one it is
+// given for as long as the registration lives, and the handle's own
+// descriptor carries the handle's locks (flock and OFD locks belong to the
+// open file description), which must go when the handle is released.
+func registerBacking(u *union, fd int) (int32, bool) {
+	srv := u.srv.Load()
+	if srv == nil {
+		return 0, false
+	}
+	own, err := unix.Open(procFdPath(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	defer unix.Close(own)
+	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(own)})
+	if errno != 0 {
+		u.passthrough.Store(false)
+		return 0, false
+	}
+	return id, true
+}
+
+// keepBacking is called when the node's last passthrough handle closed:
+// the registration stays for the next open while the mount keeps fewer
+// than maxIdleBackings idle ones. Caller holds n.mu.
+func (n *node) keepBacking() {
+	if n.u.idleBackings.Add(1) > maxIdleBackings {
+		n.u.idleBackings.Add(-1)
+		n.unregisterBackingLocked()
+	}
+}
+
+// dropIdleBackingLocked unregisters a backing file kept with no handle
+// open: when the node is forgotten, and when its object is removed (a
+// kept registration holds the file, and its space, as an open descriptor
+// would). Caller holds n.mu.
+func (n *node) dropIdleBackingLocked() {
+	if n.opens != nil && n.opens.backing != 0 && n.opens.backingRefs == 0 {
+		n.u.idleBackings.Add(-1)
+		n.unregisterBackingLocked()
+	}
+}
+
+// unregisterBackingLocked gives the node's backing file back to the
+// kernel. Caller holds n.mu.
+func (n *node) unregisterBackingLocked() {
+	o := n.opens
+	if o == nil || o.backing == 0 {
+		return
+	}
+	if srv := n.u.srv.Load(); srv != nil {
+		srv.UnregisterBackingFd(o.backing)
+	}
+	o.backing, o.backingRefs = 0, 0
 }
 
 // servedForPrivileges reports whether f must be served through FUSE
@@ -326,10 +395,7 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	if f.pt {
 		o.backingRefs--
 		if o.backingRefs == 0 {
-			if srv := f.n.u.srv.Load(); srv != nil {
-				srv.UnregisterBackingFd(o.backing)
-			}
-			o.backing = 0
+			f.n.keepBacking()
 		}
 	}
 	if len(o.live) == 0 {

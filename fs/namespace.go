@@ -422,6 +422,9 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		// held shared, as here.
 		gone.mu.Lock()
 		gone.dropName(n, name)
+		if removesObject(ci) {
+			gone.dropIdleBackingLocked()
+		}
 		gone.mu.Unlock()
 	} else {
 		gone = nil

@@ -757,6 +757,7 @@ func (n *node) release() (listed int) {
 		unix.Close(int(n.anonFd))
 		n.anonFd = -1
 	}
+	n.dropIdleBackingLocked()
 	return listed
 }
 

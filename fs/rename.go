@@ -119,6 +119,9 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 	if dstExists {
 		dst.node.dropName(np, newName)
 		if removesObject(dst.ci) {
+			dst.node.mu.Lock()
+			dst.node.dropIdleBackingLocked()
+			dst.node.mu.Unlock()
 			n.u.objectRemoved(dst.node.ino, dst.node, &dst.ci.st)
 		}
 		if dst.ci.index && !dst.ci.inUpper {

@@ -81,6 +81,9 @@ type union struct {
 	tmpMu  sync.Mutex
 
 	dirFds atomic.Int64 // cached directory descriptors (dirfd.go)
+	// idleBackings counts passthrough backing files kept registered for
+	// nodes with no handle open (file.go keepBacking).
+	idleBackings atomic.Int64
 
 	prefetch *prefetcher // builds subdirectory listings ahead (prefetch.go)
 	plus     plusPolicy  // which READDIRPLUS entries carry attributes (plus.go)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -259,5 +260,97 @@ func TestRemovedDirectoryStillStats(t *testing.T) {
 				t.Fatalf("hung during %s", v.hung)
 			}
 		})
+	}
+}
+
+// A file read (and closed) before it is copied up reads the copy when it
+// is opened again: strata keeps a node's passthrough registration after
+// its last handle closes, and must not hand the lower file's out again
+// once the data moved up.
+func TestReopenAfterCopyUpReadsTheCopy(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(lower, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("lower content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	results := map[string]string{}
+	for _, v := range []*view{p.oracle, p.sut} {
+		v.guarded("reading, writing and reading again", func() {
+			f := filepath.Join(v.mnt, "f")
+			var log []string
+			for _, step := range []func() (string, error){
+				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+				func() (string, error) { return "chmod", os.Chmod(f, 0o600) },
+				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+				func() (string, error) { return "write", os.WriteFile(f, []byte("upper"), 0o600) },
+				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+			} {
+				out, err := step()
+				log = append(log, fmt.Sprintf("%q %v", out, err))
+			}
+			results[v.target.name()] = strings.Join(log, "; ")
+		})
+		if v.hung != "" {
+			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+		}
+	}
+	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
+		t.Fatalf("oracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
+	}
+}
+
+// A lock goes with the open file it was taken through: once that is
+// closed, another open of the file takes the lock at once, even while an
+// open made after it stays (strata registers a file for passthrough once
+// per node, at its first open, and must not do so through that handle's
+// own descriptor, which would then outlive the handle).
+func TestLockGoesWithItsDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(lower, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A lower file: its first open through the mount is the one that
+	// registers it.
+	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+	results := map[string]string{}
+	for _, v := range []*view{p.oracle, p.sut} {
+		v.guarded("flock through descriptors opened and closed in turn", func() {
+			f := filepath.Join(v.mnt, "f")
+			var log []string
+			for round := range 2 {
+				first, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stays, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				log = append(log, fmt.Sprintf("round %d: first %v", round, unix.Flock(first, unix.LOCK_EX|unix.LOCK_NB)))
+				unix.Close(first)
+				second, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				log = append(log, fmt.Sprintf("second %v", unix.Flock(second, unix.LOCK_EX|unix.LOCK_NB)))
+				unix.Close(second)
+				unix.Close(stays)
+			}
+			results[v.target.name()] = strings.Join(log, "; ")
+		})
+		if v.hung != "" {
+			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+		}
+	}
+	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
+		t.Fatalf("oracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
 	}
 }
