@@ -158,26 +158,32 @@
 //
 // On kernels with FUSE passthrough, regular files are read and written by
 // the kernel directly on the backing file. One backing file is registered
-// per node and reused for every passthrough open while any is live
-// (file.go backingID); a file opened from a lower layer and then copied up would otherwise have
-// its new, writable opens land on the LOWER file. The kernel itself allows
-// one backing file per inode while passthrough opens are live, and no other
-// kind of open beside them. So when such a file is opened again after its
-// copy-up, the node is superseded (file.go handOut): it leaves the inode
-// table, the open answers ESTALE, the kernel looks the path up again and
-// gets a new node (same st_ino, new node id), which is a new kernel
-// inode, and retries the open there. Old handles keep reading the lower
-// content (kernel overlayfs since 4.19 moves them to the
-// copy instead). While an object has two kernel inodes, neither caches its
-// attributes, and the superseded node sends every request but I/O on its
-// open handles to the node now in the table (node.current): its own name
-// would go stale when the file is renamed. Writes to files with set-id
-// bits or a capability are served through FUSE, never by passthrough, so
-// privileges drop as the writer. A node keeps the way it serves a file
-// (passthrough on the lower file, on the upper file, or through FUSE)
-// while any of its handles is open; another need meanwhile supersedes it,
-// because the kernel refuses an open that would mix them on one inode
-// (file.go, openState).
+// per node, through an open file description of its own (a handle's locks
+// must not outlive the handle), and reused for every passthrough open of
+// the node; it stays registered after the last handle closes, for the
+// next open, until the node is forgotten, its object removed or its data
+// copied up (file.go backingID and keepBacking; at most 8,192 idle ones a
+// mount).
+//
+// The kernel allows one backing file per inode while passthrough opens
+// are live, and no other kind of open beside them. A file opened from a
+// lower layer and then copied up while that handle is open would have its
+// new, writable opens land on the LOWER file. So such an open supersedes
+// the node (file.go handOut): it leaves the inode table, the open answers
+// ESTALE, the kernel looks the path up again and gets a new node (same
+// st_ino, new node id), which is a new kernel inode, and retries the open
+// there. Old handles keep reading the lower content (kernel overlayfs
+// since 4.19 moves them to the copy instead). While an object has two
+// kernel inodes, neither caches its attributes, and the superseded node
+// sends every request but I/O on its open handles to the node now in the
+// table (node.current): its own name would go stale when the file is
+// renamed. Upper files with set-id bits or a capability are served
+// through FUSE, never by passthrough: a writer so that privileges drop as
+// the writer, a reader so that it shares the writer's kernel inode. A
+// node keeps the way it serves a file (passthrough on the lower file, on
+// the upper file, or through FUSE) while any of its handles is open;
+// another need meanwhile supersedes it, because the kernel refuses an open
+// that would mix them on one inode (file.go, openState).
 //
 // # Serving
 //
