@@ -204,7 +204,11 @@ func status(errno syscall.Errno) fuse.Status { return fuse.Status(errno) }
 
 func (k *kernelFS) Lookup(cancel <-chan struct{}, in *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	parent := k.node(in.NodeId)
-	if parent == nil {
+	if parent == nil || name == "." || name == ".." {
+		// The kernel resolves dots itself; it asks for them only to
+		// reconnect an exported file handle, which strata does not
+		// offer. A lookup of ".." in the root would reach the parent
+		// of a layer.
 		return staleStatus
 	}
 	child, errno := parent.Lookup(ctxOf(in, cancel), name, out)
