@@ -47,6 +47,38 @@ func mountPairOnEmptyLayer(t *testing.T, subdir string) *pair {
 	return mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
 }
 
+// mountPairOverLowerFile mounts both targets over one lower layer that
+// holds the file rel with content: its first open through the mount is on
+// the lower file.
+func mountPairOverLowerFile(t *testing.T, rel, content string) *pair {
+	t.Helper()
+	dir := t.TempDir()
+	lower := filepath.Join(dir, "lower")
+	if err := os.MkdirAll(filepath.Dir(filepath.Join(lower, rel)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lower, rel), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
+}
+
+// sameOnBoth runs do on the oracle and then on strata and fails the test
+// when what they report differs.
+func sameOnBoth(t *testing.T, p *pair, what string, do func(mnt string) string) {
+	t.Helper()
+	results := map[string]string{}
+	for _, v := range []*view{p.oracle, p.sut} {
+		v.guarded(what, func() { results[v.target.name()] = do(v.mnt) })
+		if v.hung != "" {
+			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+		}
+	}
+	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
+		t.Fatalf("%s\noracle: %s\nsut:    %s", what, results[p.oracle.target.name()], results[p.sut.target.name()])
+	}
+}
+
 // removeAndRemake removes a held file and makes another, rounds times, and
 // checks each pair: the file is unlinked, or replaced by a rename. It
 // returns how often the upper layer reused the
@@ -121,25 +153,8 @@ func upperIno(t *testing.T, v *view, path string) uint64 {
 // or open through the second name, which the kernel cached, still reaches
 // the superseded one.
 func TestSupersededNodeFollowsItsObject(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(filepath.Join(lower, "h"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(lower, "h", "a"), []byte("old"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
-	results := map[string]string{}
-	for _, v := range []*view{p.oracle, p.sut} {
-		v.guarded("writing, renaming and reading hard links", func() { results[v.target.name()] = renameSupersededLink(t, v.mnt) })
-		if v.hung != "" {
-			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
-		}
-	}
-	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
-		t.Fatalf("after the rename, the other name shows\noracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
-	}
+	p := mountPairOverLowerFile(t, "h/a", "old")
+	sameOnBoth(t, p, "writing, renaming and reading hard links", func(mnt string) string { return renameSupersededLink(t, mnt) })
 }
 
 // renameSupersededLink links the lower file h/a to h/b and writes it while
@@ -182,16 +197,7 @@ func renameSupersededLink(t *testing.T, mnt string) string {
 // reader's inode keeps the size it saw first and the copies stop short.
 func TestCopyFileRangeWithinAPrivilegedFile(t *testing.T) {
 	p := mountPairOnEmptyLayer(t, "")
-	results := map[string]string{}
-	for _, v := range []*view{p.oracle, p.sut} {
-		v.guarded("copy_file_range within a setgid file", func() { results[v.target.name()] = copyWithinFile(t, v.mnt) })
-		if v.hung != "" {
-			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
-		}
-	}
-	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
-		t.Fatalf("copy_file_range within one file\noracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
-	}
+	sameOnBoth(t, p, "copy_file_range within a setgid file", func(mnt string) string { return copyWithinFile(t, mnt) })
 }
 
 // copyWithinFile copies up to 16 bytes of a one-byte setgid file onto
@@ -268,89 +274,53 @@ func TestRemovedDirectoryStillStats(t *testing.T) {
 // its last handle closes, and must not hand the lower file's out again
 // once the data moved up.
 func TestReopenAfterCopyUpReadsTheCopy(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(lower, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("lower content"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
-	results := map[string]string{}
-	for _, v := range []*view{p.oracle, p.sut} {
-		v.guarded("reading, writing and reading again", func() {
-			f := filepath.Join(v.mnt, "f")
-			var log []string
-			for _, step := range []func() (string, error){
-				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
-				func() (string, error) { return "chmod", os.Chmod(f, 0o600) },
-				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
-				func() (string, error) { return "write", os.WriteFile(f, []byte("upper"), 0o600) },
-				func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
-			} {
-				out, err := step()
-				log = append(log, fmt.Sprintf("%q %v", out, err))
-			}
-			results[v.target.name()] = strings.Join(log, "; ")
-		})
-		if v.hung != "" {
-			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+	p := mountPairOverLowerFile(t, "f", "lower content")
+	sameOnBoth(t, p, "reading, writing and reading again", func(mnt string) string {
+		f := filepath.Join(mnt, "f")
+		var log []string
+		for _, step := range []func() (string, error){
+			func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+			func() (string, error) { return "chmod", os.Chmod(f, 0o600) },
+			func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+			func() (string, error) { return "write", os.WriteFile(f, []byte("upper"), 0o600) },
+			func() (string, error) { b, err := os.ReadFile(f); return string(b), err },
+		} {
+			out, err := step()
+			log = append(log, fmt.Sprintf("%q %v", out, err))
 		}
-	}
-	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
-		t.Fatalf("oracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
-	}
+		return strings.Join(log, "; ")
+	})
 }
 
 // A lock goes with the open file it was taken through: once that is
 // closed, another open of the file takes the lock at once, even while an
 // open made after it stays (strata registers a file for passthrough once
-// per node, at its first open, and must not do so through that handle's
-// own descriptor, which would then outlive the handle).
+// per node, at its first open, here of the lower file, and must not do so
+// through that handle's own descriptor, which would then outlive the
+// handle).
 func TestLockGoesWithItsDescriptor(t *testing.T) {
-	dir := t.TempDir()
-	lower := filepath.Join(dir, "lower")
-	if err := os.MkdirAll(lower, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// A lower file: its first open through the mount is the one that
-	// registers it.
-	if err := os.WriteFile(filepath.Join(lower, "f"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := mountPair(t, dir, []string{lower}, []string{lower}, false, nil)
-	results := map[string]string{}
-	for _, v := range []*view{p.oracle, p.sut} {
-		v.guarded("flock through descriptors opened and closed in turn", func() {
-			f := filepath.Join(v.mnt, "f")
-			var log []string
-			for round := range 2 {
-				first, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				stays, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				log = append(log, fmt.Sprintf("round %d: first %v", round, unix.Flock(first, unix.LOCK_EX|unix.LOCK_NB)))
-				unix.Close(first)
-				second, err := unix.Open(f, unix.O_RDWR|unix.O_CLOEXEC, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				log = append(log, fmt.Sprintf("second %v", unix.Flock(second, unix.LOCK_EX|unix.LOCK_NB)))
-				unix.Close(second)
-				unix.Close(stays)
-			}
-			results[v.target.name()] = strings.Join(log, "; ")
-		})
-		if v.hung != "" {
-			t.Fatalf("%s hung during %s", v.target.name(), v.hung)
+	p := mountPairOverLowerFile(t, "f", "x")
+	sameOnBoth(t, p, "flock through descriptors opened and closed in turn", func(mnt string) string {
+		f := filepath.Join(mnt, "f")
+		var log []string
+		for round := range 2 {
+			first := openRW(t, f)
+			stays := openRW(t, f)
+			log = append(log, fmt.Sprintf("round %d: first %v", round, unix.Flock(first, unix.LOCK_EX|unix.LOCK_NB)))
+			unix.Close(first)
+			second := openRW(t, f)
+			log = append(log, fmt.Sprintf("second %v", unix.Flock(second, unix.LOCK_EX|unix.LOCK_NB)))
+			unix.Close(second)
+			unix.Close(stays)
 		}
+		return strings.Join(log, "; ")
+	})
+}
+
+func openRW(t *testing.T, path string) int {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if results[p.oracle.target.name()] != results[p.sut.target.name()] {
-		t.Fatalf("oracle: %s\nsut:    %s", results[p.oracle.target.name()], results[p.sut.target.name()])
-	}
+	return fd
 }
