@@ -526,8 +526,11 @@ func (n *node) metacopyLower(dirfd int, name string, lowerEnt *lowerEntry, ci *c
 
 // resolveRedirect finds the lower objects named by an overlay redirect: an
 // absolute path from the lower roots, or a bare name relative to the parent
-// directory's lower location. Only layers holding the path with the wanted
-// type, down to the first opaque or non-matching one, count.
+// directory's lower location. The path is looked up in each layer, top
+// down, as overlayfs looks it up: a layer holding it with the wanted type
+// counts; a whiteout, a non-directory, or an object of another type on
+// the way ends the search, and so does an opaque directory, after its own
+// layer. A file counts in its topmost layer only.
 func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowerDirSet {
 	var rel string
 	if strings.HasPrefix(redirect, "/") {
@@ -536,29 +539,79 @@ func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowe
 		rel = joinRel(parent.lowerSet().rel, redirect)
 	}
 	set := lowerDirSet{rel: rel}
+	if rel == "" {
+		return set
+	}
+	parts := strings.Split(rel, "/")
 	for i, l := range u.lowers {
-		fd, err := l.open(rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		err = unix.Fstat(fd, &st)
-		unix.Close(fd)
-		if err != nil {
-			continue
-		}
-		if st.Mode&unix.S_IFMT != kind {
-			if len(set.layers) > 0 {
+		found, stop := redirectTargetIn(l, parts, kind)
+		if found {
+			set.layers = append(set.layers, i)
+			if kind != unix.S_IFDIR {
 				break
 			}
-			continue
 		}
-		set.layers = append(set.layers, i)
-		if kind != unix.S_IFDIR {
+		if stop {
 			break
 		}
 	}
 	return set
+}
+
+// redirectTargetIn looks the path parts up in lower layer l. found: the
+// layer holds it with type kind. stop: no layer below can show it.
+func redirectTargetIn(l *layer, parts []string, kind uint32) (found, stop bool) {
+	for k, name := range parts {
+		dirfd, err := l.open(strings.Join(parts[:k], "/"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return false, false
+		}
+		last := k == len(parts)-1
+		if k > 0 && opaqueDir(dirfd) {
+			stop = true // an opaque directory on the way hides the layers below
+		}
+		var st unix.Stat_t
+		hidden := unix.Fstatat(dirfd, whiteout.OCIName(name), &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+		err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && !hidden {
+			hidden = whiteout.IsCharWhiteout(&st) || xattrWhiteoutsIn(dirfd) && whiteout.IsWhiteout(dirfd, name, &st)
+		}
+		unix.Close(dirfd)
+		switch {
+		case hidden:
+			return false, true
+		case err != nil:
+			return false, stop
+		case !last && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return false, true
+		case last && st.Mode&unix.S_IFMT != kind:
+			return false, true
+		}
+	}
+	if kind == unix.S_IFDIR {
+		if fd, err := l.open(strings.Join(parts, "/"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0); err == nil {
+			stop = stop || opaqueDir(fd)
+			unix.Close(fd)
+		}
+	}
+	return true, stop
+}
+
+// opaqueDir reports whether the lower directory open as fd is opaque, in
+// overlay's format or the OCI one.
+func opaqueDir(fd int) bool {
+	if whiteout.IsOpaque(fd) {
+		return true
+	}
+	var st unix.Stat_t
+	return unix.Fstatat(fd, whiteout.OCIOpaque, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+}
+
+// xattrWhiteoutsIn reports whether the lower directory open as fd may hold
+// whiteouts marked by xattr (overlay's opaque value "x").
+func xattrWhiteoutsIn(fd int) bool {
+	v, ok := overlayOpaqueValue(fd)
+	return ok && v == "x"
 }
 
 // lookupLower stats the topmost lower entry for name.
