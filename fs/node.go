@@ -543,6 +543,13 @@ func (u *union) resolveRedirect(parent *node, redirect string, kind uint32) lowe
 		return set
 	}
 	parts := strings.Split(rel, "/")
+	for _, p := range parts {
+		if p == "" || p == "." || p == ".." {
+			// Not a path strata or overlayfs writes; a ".." would
+			// lead out of the layer (the lookups below are by name).
+			return lowerDirSet{rel: rel}
+		}
+	}
 	for i, l := range u.lowers {
 		found, stop := redirectTargetIn(l, parts, kind)
 		if found {
