@@ -454,14 +454,6 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	return toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
 }
 
-func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	return f.n.Getattr(ctx, f, out)
-}
-
-func (f *file) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return f.n.Setattr(ctx, f, in, out)
-}
-
 // Locks are OFD locks on the backing descriptor, keyed by the lock owner the
 // kernel passes, so POSIX and flock semantics hold across processes.
 func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {

@@ -54,7 +54,7 @@ type kernelFS struct {
 func newKernelFS(root *node) *kernelFS {
 	u := root.u
 	root.kref = 1 // the kernel's own, never forgotten
-	root.id = rootID
+	root.id.Store(rootID)
 	u.nodesMu.Lock()
 	u.ids = []*node{nil, root} // slot 0 is never an id: 0 means none
 	u.nodesMu.Unlock()
@@ -100,7 +100,7 @@ func (u *union) nodeByIDLocked(id uint64) *node {
 	if int(slot) >= len(u.ids) {
 		return nil
 	}
-	if n := u.ids[slot]; n != nil && n.id == id {
+	if n := u.ids[slot]; n != nil && n.id.Load() == id {
 		return n
 	}
 	return nil
@@ -118,19 +118,20 @@ func (u *union) newIDLocked(n *node) {
 	}
 	u.lastSeq++
 	u.ids[slot] = n
-	n.id = uint64(slot) | uint64(u.lastSeq)<<32
+	n.id.Store(uint64(slot) | uint64(u.lastSeq)<<32)
 }
 
 // freeIDLocked empties the slot of a node the kernel forgot. Caller holds
 // u.nodesMu.
 func (u *union) freeIDLocked(n *node) {
-	if n.id == 0 {
+	id := n.id.Load()
+	if id == 0 {
 		return
 	}
-	slot := uint32(n.id)
+	slot := uint32(id)
 	u.ids[slot] = nil
 	u.freeIDs = append(u.freeIDs, slot)
-	n.id = 0
+	n.id.Store(0)
 }
 
 // file returns the open file behind handle fh, or nil.
@@ -160,12 +161,10 @@ func (k *kernelFS) takeFile(fh uint64) *file {
 // fillEntry completes the reply of a request that handed child to the
 // kernel (its reference is already counted).
 func fillEntry(child *node, out *fuse.EntryOut) {
-	// Under the lock, though the reference this reply carries keeps the
-	// id: a FORGET of it comes after the reply, but nothing in the
-	// process orders the two.
-	child.u.nodesMu.Lock()
-	id := child.id
-	child.u.nodesMu.Unlock()
+	// The reference this reply carries keeps the id; the load is atomic
+	// because a FORGET of it, though it comes after the reply, is not
+	// ordered with this read by anything in the process.
+	id := child.id.Load()
 	out.NodeId = id
 	out.Generation = id >> 32
 	out.Attr.Ino = child.ino
@@ -647,20 +646,13 @@ func (k *kernelFS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Statu
 // notifyContent tells the kernel to drop what it caches of n's attributes
 // and data. It is sent from a goroutine of its own: a notification written
 // while the kernel holds locks for the request being served could wait on
-// them.
+// them. Callers may hold u.nodesMu.
 func (u *union) notifyContent(n *node) {
-	u.nodesMu.Lock()
-	defer u.nodesMu.Unlock()
-	u.notifyContentLocked(n)
-}
-
-// notifyContentLocked is notifyContent for a caller holding u.nodesMu.
-func (u *union) notifyContentLocked(n *node) {
-	srv := u.srv.Load()
-	if srv == nil || n.id == 0 {
+	srv, id := u.srv.Load(), n.id.Load()
+	if srv == nil || id == 0 {
 		return
 	}
-	go srv.InodeNotify(n.id, 0, 0)
+	go srv.InodeNotify(id, 0, 0)
 }
 
 // knownUpperIno reports whether a node shows the upper inode number ino

@@ -49,8 +49,9 @@ type node struct {
 	// xattrs caches the object's xattr names (see attr.go).
 	xattrs xattrNames
 	// id is the node's id in the FUSE protocol while the kernel holds it,
-	// 0 otherwise (kernel.go). Guarded by u.nodesMu.
-	id uint64
+	// 0 otherwise (kernel.go). Written under u.nodesMu; atomic, so a
+	// reply or a notification reads it without that lock.
+	id atomic.Uint64
 
 	kind uint32 // S_IFMT; never changes
 	// kref counts the kernel's references to the node (kernel.go),
@@ -748,7 +749,7 @@ func (u *union) supersede(n *node) {
 	u.superseded[n] = n.ino
 	u.anySuperseded.Store(true)
 	n.twin = true
-	u.notifyContentLocked(n) // drop the attributes the kernel holds now
+	u.notifyContent(n) // drop the attributes the kernel holds now
 }
 
 // current is the node that stands for n's object now: n itself, or for a
