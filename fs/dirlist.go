@@ -76,6 +76,10 @@ type lowerListing struct {
 	// and a child's stat uses one under fdMu alone (withLayerDirFd).
 	fdMu   sync.Mutex
 	dirFds []layerDirFd
+
+	// top is the attributes of the topmost merged directory, read as
+	// its scan ended (see dirAttr).
+	top dirAttr
 }
 
 type layerDirFd struct{ layer, fd int }
@@ -173,6 +177,9 @@ type layerScan struct {
 	entries   []namedEntry // in the directory's own order
 	whiteouts []string
 	opaque    bool
+	// st is the directory's own attributes after it was read, for the
+	// top of the set only (withStat).
+	st *unix.Stat_t
 }
 
 // lowerDirSet is where a directory's lower content lives: the same relative
@@ -256,7 +263,11 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 			break
 		}
 	}
-	return sortedListing(merged), used, nil
+	ll := sortedListing(merged)
+	if len(used) > 0 && used[0] == dirs.layers[0] && scans[0].scan.st != nil {
+		ll.top = newDirAttr(used[0], scans[0].scan.st)
+	}
+	return ll, used, nil
 }
 
 // sortedListing turns a merge into the kept form. It sorts small
@@ -317,7 +328,7 @@ type scanResult struct {
 func (u *union) scanLowerDirs(dirs lowerDirSet) []scanResult {
 	results := make([]scanResult, len(dirs.layers))
 	scanAt := func(i int) bool {
-		scan, err := u.scanLowerDir(lowerRef{layer: dirs.layers[i], rel: dirs.rel})
+		scan, err := u.scanLowerDir(lowerRef{layer: dirs.layers[i], rel: dirs.rel}, i == 0)
 		results[i] = scanResult{scan, err}
 		return err == nil && scan.opaque
 	}
@@ -365,8 +376,9 @@ func raiseOpaqueMark(at *atomic.Int64, i int64) {
 	}
 }
 
-// scanLowerDir reads one directory of one lower layer.
-func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
+// scanLowerDir reads one directory of one lower layer; withStat also
+// keeps the directory's attributes as the read left them.
+func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
 	l := u.lowers[d.layer]
 	fd, err := l.open(d.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -403,6 +415,12 @@ func (u *union) scanLowerDir(d lowerRef) (*layerScan, error) {
 		scan.entries = append(scan.entries, namedEntry{name: name, layer: d.layer, mode: mode, ino: ino})
 		return nil
 	})
+	if err == nil && withStat {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil {
+			scan.st = &st
+		}
+	}
 	return scan, err
 }
 

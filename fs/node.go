@@ -890,9 +890,16 @@ func (n *node) statUpper(st *unix.Stat_t) error {
 	return statAt(dirfd, name)
 }
 
+// statLower stats the node's lower object. A directory listed already
+// answers from its listing, without a system call (dirAttr). Caller holds
+// u.treeMu shared and n.mu.
 func (n *node) statLower(st *unix.Stat_t) error {
 	if n.parent == nil && !n.hasLower {
 		return unix.Fstat(n.u.lowers[0].rootFd, st)
+	}
+	if ll := n.lowerListingIfBuilt(); ll != nil && n.lowerRel() == n.dir.lowerDirs.rel &&
+		ll.top.statOf(n.lower.layer, st) {
+		return nil
 	}
 	if done, err := n.statLowerInParent(st); done {
 		return err

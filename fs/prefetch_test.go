@@ -93,6 +93,9 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 		for i := range got.ents {
 			got.ents[i].noXattrs = false // only the prefetcher learns it
 		}
+		// Each read of the directory may move its atime (relatime, while
+		// the atime is not after the mtime).
+		got.top.atime = want.top.atime
 		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotUsed, wantUsed) {
 			t.Errorf("%s: prefetched %+v (layers %v), built %+v (layers %v)", name, got, gotUsed, want, wantUsed)
 		}
