@@ -134,7 +134,8 @@ func randomStack(r *rand.Rand) []layer {
 
 // randomLayer picks a kind for each path of the name space. It writes a
 // whiteout only where the kernel's oracle handles one: in a directory that
-// is merged with a directory below (the kernel lists a whiteout inside an
+// is merged with a directory below, which an opaque directory on the way
+// in the same layer rules out (the kernel lists a whiteout inside an
 // opaque or unmerged lower directory and then fails its lookup).
 func randomLayer(r *rand.Rand, below layerModel, bottom bool) (layer, map[string]string) {
 	var l layer
@@ -160,7 +161,7 @@ func randomLayer(r *rand.Rand, below layerModel, bottom bool) (layer, map[string
 		case roll < 76 && !bottom:
 			e = opaqueDir(p, allOpaqueFormats[r.IntN(len(allOpaqueFormats))])
 			kinds[p] = "opaque"
-		case roll < 84 && !bottom && kinds[parent] != "opaque" && (parent == "" || below[parent] == "dir"):
+		case roll < 84 && !bottom && !underOpaque(kinds, p) && (parent == "" || below[parent] == "dir"):
 			e = whiteoutEntry(p, allWhiteoutFormats[r.IntN(len(allWhiteoutFormats))])
 			kinds[p] = "whiteout"
 		case roll < 88:
@@ -185,6 +186,17 @@ func randomLayer(r *rand.Rand, below layerModel, bottom bool) (layer, map[string
 		l = append(l, e)
 	}
 	return l, kinds
+}
+
+// underOpaque reports whether a directory on the way to p is opaque in
+// this layer, hiding what the layers below have there.
+func underOpaque(kinds map[string]string, p string) bool {
+	for a := parentOf(p); a != ""; a = parentOf(a) {
+		if kinds[a] == "opaque" {
+			return true
+		}
+	}
+	return false
 }
 
 func ancestorsCanBeDirs(kinds map[string]string, p string) bool {
