@@ -1,8 +1,12 @@
 package fs
 
 import (
+	"bytes"
 	"math"
+	"os"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -400,7 +404,8 @@ func (k *kernelFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status
 	if errno := n.Getattr(ctxOf(&in.InHeader, cancel), nil, &out); errno != 0 {
 		return status(errno)
 	}
-	if !mayAccess(&in.Caller, &out.Attr, in.Mask) {
+	inGroup := func(gid uint32) bool { return inSupplementaryGroup(in.Caller.Pid, gid) }
+	if !mayAccess(&in.Caller, &out.Attr, in.Mask, inGroup) {
 		return fuse.EACCES
 	}
 	return fuse.OK
@@ -408,20 +413,58 @@ func (k *kernelFS) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status
 
 // mayAccess applies the owner, group and other bits to mask (R_OK, W_OK,
 // X_OK). Root passes every check but execute, which needs some x bit on a
-// file, as generic_permission has it.
-func mayAccess(c *fuse.Caller, a *fuse.Attr, mask uint32) bool {
+// file, as generic_permission has it. The group bits apply to a caller in
+// the file's group, its primary one or one of the others; inGroup answers
+// for the others, and is asked only when the group and other bits give
+// different answers.
+func mayAccess(c *fuse.Caller, a *fuse.Attr, mask uint32, inGroup func(gid uint32) bool) bool {
 	mask &= 7
 	if c.Uid == 0 {
 		return mask&1 == 0 || a.Mode&unix.S_IFMT == unix.S_IFDIR || a.Mode&0o111 != 0
 	}
-	perm := a.Mode & 7
+	owner, group, other := a.Mode>>6&7, a.Mode>>3&7, a.Mode&7
 	switch {
 	case c.Uid == a.Uid:
-		perm = a.Mode >> 6 & 7
+		return owner&mask == mask
 	case c.Gid == a.Gid:
-		perm = a.Mode >> 3 & 7
+		return group&mask == mask
+	case group&mask != other&mask && inGroup(a.Gid):
+		return group&mask == mask
 	}
-	return perm&mask == mask
+	return other&mask == mask
+}
+
+// inSupplementaryGroup reports whether the calling thread pid is in group
+// gid besides its primary group. FUSE names only the primary group, so
+// the rest come from /proc; a caller the daemon cannot see (pid 0: from
+// another pid namespace; or gone) is in none.
+func inSupplementaryGroup(pid, gid uint32) bool {
+	if pid == 0 {
+		return false
+	}
+	status, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+	if err != nil {
+		return false
+	}
+	return slices.Contains(statusGroups(status), gid)
+}
+
+// statusGroups parses the Groups line of a /proc/PID/status file.
+func statusGroups(status []byte) []uint32 {
+	var groups []uint32
+	for line := range bytes.Lines(status) {
+		rest, ok := bytes.CutPrefix(line, []byte("Groups:"))
+		if !ok {
+			continue
+		}
+		for _, f := range bytes.Fields(rest) {
+			if g, err := strconv.ParseUint(string(f), 10, 32); err == nil {
+				groups = append(groups, uint32(g))
+			}
+		}
+		break
+	}
+	return groups
 }
 
 func (k *kernelFS) GetXAttr(cancel <-chan struct{}, in *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
