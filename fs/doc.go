@@ -119,7 +119,11 @@
 // kernel with a one-hour timeout. Each directory's lower layers are read
 // once, into a merged listing kept on the node while the kernel holds it
 // (lowerListing): a lookup of a missing name costs a map lookup, whatever
-// the number of layers. The upper directory is read live.
+// the number of layers. The listing also keeps the attributes of the
+// topmost lower directory as its read left them (dirattr.go): the kernel
+// asks for a directory's attributes again after every read of it (the
+// atime went stale), and a directory with no upper part answers without a
+// system call. The upper directory is read live.
 //
 // Walkers go from a directory into its subdirectories, so when a node's
 // merged listing is built, two background workers build the listings of
@@ -149,10 +153,13 @@
 // caches its xattr names, so "has this file security.selinux?", which ls -l
 // asks of every file, is answered without a system call.
 // FLUSH is answered ENOSYS once, after which the kernel stops sending it.
-// With HANDLE_KILLPRIV_V2 the kernel does not ask for security.capability
-// and the mode before each chown and truncate; the daemon drops set-id bits
-// for callers without CAP_FSETID itself (attr.go killSetID, file.go
-// killSetIDForWriter), and the backing filesystem drops capabilities.
+// With HANDLE_KILLPRIV_V2 the kernel leaves dropping set-id bits and
+// capabilities to the daemon: it drops set-id bits for callers without
+// CAP_FSETID itself (attr.go killSetID, file.go killSetIDForWriter), and
+// the backing filesystem drops capabilities. The kernel still asks for
+// security.capability before each chown (the VFS's own check) and before
+// the first write after each change of a file's attributes (until it
+// marks the inode S_NOSEC); the node's xattr name cache answers both.
 //
 // # Passthrough
 //
