@@ -159,7 +159,8 @@
 // the backing filesystem drops capabilities. The kernel still asks for
 // security.capability before each chown (the VFS's own check) and before
 // the first write after each change of a file's attributes (until it
-// marks the inode S_NOSEC); the node's xattr name cache answers both.
+// marks the inode S_NOSEC); the node's xattr name cache, learnt at the
+// first, answers the rest.
 //
 // # Passthrough
 //
