@@ -3,9 +3,6 @@ package fs
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -363,29 +360,6 @@ func (f *file) killSetIDForWriter(ctx context.Context) {
 		mode &^= unix.S_ISGID
 	}
 	unix.Fchmod(f.fd, mode&0o7777)
-}
-
-// callerInGroup reports whether the calling process has gid as its group
-// or one of its supplementary groups (read from /proc, as FUSE does not
-// send them).
-func callerInGroup(c *fuse.Context, gid uint32) bool {
-	if c.Caller.Gid == gid {
-		return true
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(c.Caller.Pid)) + "/status")
-	if err != nil {
-		return true // cannot tell: leave the bit, as before
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
-			for _, g := range strings.Fields(rest) {
-				if g == strconv.Itoa(int(gid)) {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {

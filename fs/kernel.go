@@ -1,12 +1,8 @@
 package fs
 
 import (
-	"bytes"
 	"math"
-	"os"
 	"runtime/debug"
-	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -432,39 +428,6 @@ func mayAccess(c *fuse.Caller, a *fuse.Attr, mask uint32, inGroup func(gid uint3
 		return group&mask == mask
 	}
 	return other&mask == mask
-}
-
-// inSupplementaryGroup reports whether the calling thread pid is in group
-// gid besides its primary group. FUSE names only the primary group, so
-// the rest come from /proc; a caller the daemon cannot see (pid 0: from
-// another pid namespace; or gone) is in none.
-func inSupplementaryGroup(pid, gid uint32) bool {
-	if pid == 0 {
-		return false
-	}
-	status, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
-	if err != nil {
-		return false
-	}
-	return slices.Contains(statusGroups(status), gid)
-}
-
-// statusGroups parses the Groups line of a /proc/PID/status file.
-func statusGroups(status []byte) []uint32 {
-	var groups []uint32
-	for line := range bytes.Lines(status) {
-		rest, ok := bytes.CutPrefix(line, []byte("Groups:"))
-		if !ok {
-			continue
-		}
-		for _, f := range bytes.Fields(rest) {
-			if g, err := strconv.ParseUint(string(f), 10, 32); err == nil {
-				groups = append(groups, uint32(g))
-			}
-		}
-		break
-	}
-	return groups
 }
 
 func (k *kernelFS) GetXAttr(cancel <-chan struct{}, in *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
