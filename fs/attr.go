@@ -19,12 +19,18 @@ func (n *node) Setattr(ctx context.Context, f *file, in *fuse.SetAttrIn, out *fu
 	if err := n.setattr(f, in); err != nil {
 		return toErrno(err)
 	}
-	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+	if errno := n.Getattr(ctx, f, out); errno != 0 {
+		return errno
+	}
+	// The attributes just read tell whether there is a set-id bit to
+	// drop: most files have none, and cost no second stat.
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 && out.Attr.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
 		if err := n.killSetID(ctx); err != nil {
 			return toErrno(err)
 		}
+		return n.Getattr(ctx, f, out)
 	}
-	return n.Getattr(ctx, f, out)
+	return 0
 }
 
 // killSetID drops set-id bits after a chown or truncate by a caller
@@ -52,10 +58,12 @@ func (n *node) killSetID(ctx context.Context) error {
 }
 
 func (n *node) setattr(f *file, in *fuse.SetAttrIn) error {
-	n.mu.Lock()
-	n.xattrs.forget() // chown and truncate may drop security.capability
-	n.mu.Unlock()
 	size, hasSize := in.GetSize()
+	if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID|fuse.FATTR_SIZE) != 0 {
+		n.mu.Lock()
+		n.xattrs.forget() // chown and truncate may drop security.capability
+		n.mu.Unlock()
+	}
 	if f != nil && f.upper {
 		return n.setattrFd(f.fd, in)
 	}
