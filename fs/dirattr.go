@@ -33,12 +33,12 @@ type dirAttr struct {
 }
 
 // newDirAttr keeps st, the attributes of a directory of layer li, if its
-// times fit.
+// times and counts fit.
 func newDirAttr(li int, st *unix.Stat_t) dirAttr {
 	atime, ok1 := timespecNanos(st.Atim)
 	mtime, ok2 := timespecNanos(st.Mtim)
 	ctime, ok3 := timespecNanos(st.Ctim)
-	if !ok1 || !ok2 || !ok3 || st.Blksize > math.MaxInt32 || li >= math.MaxUint32 {
+	if !ok1 || !ok2 || !ok3 || st.Nlink > math.MaxUint32 || st.Blksize > math.MaxInt32 || st.Blksize < 0 || li >= math.MaxUint32 {
 		return dirAttr{}
 	}
 	return dirAttr{

@@ -72,9 +72,10 @@ func TestListingKeepsNoAttrForMissingTop(t *testing.T) {
 	}
 }
 
-// Times that nanoseconds in an int64 cannot hold are not kept, so such a
-// directory is stat'ed each time rather than shown with a wrong time.
-func TestDirAttrRefusesTimesOutOfRange(t *testing.T) {
+// Times that nanoseconds in an int64 cannot hold, and a link count that
+// 32 bits cannot, are not kept, so such a directory is stat'ed each time
+// rather than shown wrong.
+func TestDirAttrRefusesValuesOutOfRange(t *testing.T) {
 	st := unix.Stat_t{Mode: unix.S_IFDIR | 0o755, Nlink: 2}
 	st.Mtim = unix.Timespec{Sec: 1 << 40} // year 34,000
 	var got unix.Stat_t
@@ -88,6 +89,10 @@ func TestDirAttrRefusesTimesOutOfRange(t *testing.T) {
 	st.Mtim = unix.Timespec{Sec: 4102444800, Nsec: 7} // 2100-01-01
 	if a := newDirAttr(3, &st); !a.statOf(3, &got) || got.Mtim != st.Mtim {
 		t.Errorf("mtime %+v not kept as it is: %+v", st.Mtim, got.Mtim)
+	}
+	st.Nlink = 1 << 32
+	if a := newDirAttr(3, &st); a.statOf(3, &got) {
+		t.Errorf("nlink %d kept as %d", st.Nlink, got.Nlink)
 	}
 }
 
