@@ -153,33 +153,77 @@ func (ll *lowerListing) entry(name string) *lowerEntry {
 // size is the number of names listed.
 func (ll *lowerListing) size() int { return len(ll.names) }
 
-// namedEntry is an entry with its name, while a merge is being built
-// (dirLayers as lowerEntry.dirs).
-type namedEntry struct {
-	name      string
-	layer     int
-	mode      uint32
-	ino       uint64
-	dirLayers []int
-}
-
-// packed is the entry as a listing keeps it.
-func (e *namedEntry) packed() lowerEntry {
-	p := lowerEntry{ino: e.ino, top: uint16(e.layer), typ: uint16(e.mode)}
-	if layers := openMerge(e.dirLayers); layers != nil {
-		p.dirs = &layers
-	}
-	return p
-}
-
-// layerScan is what one layer's directory contributes.
+// layerScan is what one layer's directory contributes: its names, with
+// the whiteouts among them, and their sorted order.
 type layerScan struct {
-	entries   []namedEntry // in the directory's own order
-	whiteouts []string
-	opaque    bool
+	items  []mergeItem // in the directory's own order
+	order  []itemRef   // items by name, an entry before a whiteout of its name
+	opaque bool
 	// st is the directory's own attributes after it was read, for the
 	// top of the set only (withStat).
 	st *unix.Stat_t
+}
+
+// mergeItem is one name of one layer directory while a merge is built:
+// an entry, or a whiteout hiding the name in the layers below.
+type mergeItem struct {
+	name     string
+	ino      uint64
+	mode     uint32
+	whiteout bool
+}
+
+// itemRef is an item's place in its scan with its name's sort key. A
+// scan sorts these rather than the items: they are small and hold no
+// pointer, so a sort moves few bytes and no write barrier runs.
+type itemRef struct {
+	key uint64 // nameKey of the item's name
+	i   uint32 // index in layerScan.items
+}
+
+// nameKey is the first 8 bytes of name as a big-endian number, zero-padded.
+// Keys order as the names do wherever they differ (a name holds no NUL), so
+// most comparisons of a sort or a merge are one integer comparison.
+func nameKey(name string) uint64 {
+	var k uint64
+	for i := range 8 {
+		k <<= 8
+		if i < len(name) {
+			k |= uint64(name[i])
+		}
+	}
+	return k
+}
+
+// compareNames orders two items by name, given their keys.
+func compareNames(ka uint64, a *mergeItem, kb uint64, b *mergeItem) int {
+	if ka != kb {
+		if ka < kb {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.name, b.name)
+}
+
+// sortItems fills scan.order: the items by name, an entry before a
+// whiteout of the same name (a layer may hold both; it shows its entry).
+func (scan *layerScan) sortItems() {
+	items := scan.items
+	scan.order = make([]itemRef, len(items))
+	for i := range items {
+		scan.order[i] = itemRef{key: nameKey(items[i].name), i: uint32(i)}
+	}
+	slices.SortFunc(scan.order, func(a, b itemRef) int {
+		x, y := &items[a.i], &items[b.i]
+		if c := compareNames(a.key, x, b.key, y); c != 0 || x.whiteout == y.whiteout {
+			return c
+		}
+		if y.whiteout {
+			return -1
+		}
+		return 1
+	})
 }
 
 // lowerDirSet is where a directory's lower content lives: the same relative
@@ -201,20 +245,18 @@ func (s lowerDirSet) child(name string, layers []int) lowerDirSet {
 // buildLowerListing merges the directory set dirs. Each layer directory is
 // read once. A layer whose directory is opaque ends the merge after itself;
 // the layers actually merged are returned.
+//
+// Each layer's scan comes back sorted (the workers of scanLowerDirs sort
+// in parallel, each right after its read), so the merge is a k-way merge
+// of sorted runs that yields the listing in its final order: no map of
+// the names and no sort of the whole. A name's items from all layers
+// arrive together, top layer first, and mergeName decides what the name
+// shows.
 func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error) {
 	scans := u.scanLowerDirs(dirs)
-	total := 0
-	for _, r := range scans {
-		if r.scan != nil {
-			total += len(r.scan.entries)
-		}
-	}
-	// merged holds the visible entries in the order first seen; index
-	// finds a name's place in it.
-	merged := make([]namedEntry, 0, total)
-	index := make(map[string]int, total)
-	var hidden map[string]bool
 	var used []int
+	var runs []mergeRun
+	total := 0
 	for i, li := range dirs.layers {
 		scan, err := scans[i].scan, scans[i].err
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
@@ -225,87 +267,165 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 			return nil, nil, err
 		}
 		used = append(used, li)
-		for _, e := range scan.entries {
-			if hidden[e.name] {
-				continue
-			}
-			if j, ok := index[e.name]; ok {
-				// A name decided above: a lower directory of the same
-				// name merges into it only if the upper one is a
-				// directory that is still open to merging.
-				prev := &merged[j]
-				if prev.mode == unix.S_IFDIR && e.mode == unix.S_IFDIR && !mergeClosed(prev.dirLayers) {
-					prev.dirLayers = append(prev.dirLayers, li)
-				} else if prev.mode == unix.S_IFDIR {
-					prev.dirLayers = closeMerge(prev.dirLayers)
-				}
-				continue
-			}
-			if e.mode == unix.S_IFDIR {
-				e.dirLayers = []int{li}
-			}
-			index[e.name] = len(merged)
-			merged = append(merged, e)
-		}
-		for _, name := range scan.whiteouts {
-			if j, ok := index[name]; ok {
-				if prev := &merged[j]; prev.layer != li && prev.mode == unix.S_IFDIR {
-					prev.dirLayers = closeMerge(prev.dirLayers)
-				}
-				continue
-			}
-			if hidden == nil {
-				hidden = map[string]bool{}
-			}
-			hidden[name] = true
+		if len(scan.order) > 0 {
+			runs = append(runs, mergeRun{scan: scan, layer: li})
+			total += len(scan.order)
 		}
 		if scan.opaque {
 			break
 		}
 	}
-	ll := sortedListing(merged)
+	ll := &lowerListing{names: make([]string, 0, total), ents: make([]lowerEntry, 0, total)}
+	mergeRuns(runs, func(group []layerItem) {
+		if e, ok := mergeName(group); ok {
+			ll.names = append(ll.names, group[0].name)
+			ll.ents = append(ll.ents, e)
+		}
+	})
+	if len(ll.names) < total {
+		// Names shown by several layers, and whiteouts, were counted
+		// more than once: keep only what the listing holds, since it
+		// lives as long as the kernel keeps the directory.
+		ll.names = append([]string(nil), ll.names...)
+		ll.ents = append([]lowerEntry(nil), ll.ents...)
+	}
 	if len(used) > 0 && used[0] == dirs.layers[0] && scans[0].scan.st != nil {
 		ll.top = newDirAttr(used[0], scans[0].scan.st)
 	}
 	return ll, used, nil
 }
 
-// sortedListing turns a merge into the kept form. It sorts small
-// (name, place) pairs rather than the entries themselves: fewer bytes move.
-func sortedListing(merged []namedEntry) *lowerListing {
-	type sortKey struct {
-		name  string
-		place int
-	}
-	keys := make([]sortKey, len(merged))
-	for i := range merged {
-		keys[i] = sortKey{merged[i].name, i}
-	}
-	slices.SortFunc(keys, func(a, b sortKey) int { return strings.Compare(a.name, b.name) })
-	ll := &lowerListing{names: make([]string, len(merged)), ents: make([]lowerEntry, len(merged))}
-	for i, k := range keys {
-		ll.names[i] = k.name
-		ll.ents[i] = merged[k.place].packed()
-	}
-	return ll
+// layerItem is a mergeItem with the layer it comes from.
+type layerItem struct {
+	*mergeItem
+	layer int
 }
 
-// A merge list is "closed" (no more layers may join) by marking it with a
-// negative sentinel; openMerge strips the sentinel when the merge is done.
-func closeMerge(l []int) []int {
-	if len(l) > 0 && l[len(l)-1] < 0 {
-		return l
+// mergeName decides what one name shows, given its items from every
+// merged layer, top layer first and within a layer the entry before the
+// whiteout. The topmost entry not hidden by a whiteout above it wins. A
+// directory that wins merges the same-named directories below it, down to
+// the first layer where the name is not a directory or is whited out
+// (overlayfs stops a merge there too). A whiteout in the winner's own layer
+// changes nothing: the layer shows its entry.
+func mergeName(group []layerItem) (lowerEntry, bool) {
+	var win *layerItem
+	var dirLayers []int
+	closed := false
+	for i := range group {
+		it := &group[i]
+		if it.whiteout {
+			if win == nil {
+				return lowerEntry{}, false // hidden in every layer below
+			}
+			if it.layer != win.layer {
+				closed = true
+			}
+			continue
+		}
+		switch {
+		case win == nil:
+			win = it
+			if it.mode == unix.S_IFDIR {
+				dirLayers = []int{it.layer}
+			}
+		case win.mode != unix.S_IFDIR || closed:
+		case it.mode == unix.S_IFDIR:
+			dirLayers = append(dirLayers, it.layer)
+		default:
+			closed = true
+		}
 	}
-	return append(l, -1)
+	if win == nil {
+		return lowerEntry{}, false
+	}
+	e := lowerEntry{ino: win.ino, top: uint16(win.layer), typ: uint16(win.mode)}
+	if dirLayers != nil {
+		e.dirs = &dirLayers
+	}
+	return e, true
 }
 
-func mergeClosed(l []int) bool { return len(l) > 0 && l[len(l)-1] < 0 }
+// mergeRun is one layer's scan, consumed in its sorted order; key and
+// item are its next item, cached for the heap's comparisons.
+type mergeRun struct {
+	scan  *layerScan
+	layer int
+	key   uint64
+	item  *mergeItem
+}
 
-func openMerge(l []int) []int {
-	if len(l) > 0 && l[len(l)-1] < 0 {
-		return l[:len(l)-1]
+// advance moves the run to its next item; false once it has none.
+func (r *mergeRun) advance() bool {
+	if len(r.scan.order) == 0 {
+		return false
 	}
-	return l
+	ref := r.scan.order[0]
+	r.scan.order = r.scan.order[1:]
+	r.key, r.item = ref.key, &r.scan.items[ref.i]
+	return true
+}
+
+// mergeRuns calls emit with each name's items from all runs, in name
+// order; within a name, in the runs' order (top layer first), and a
+// layer's entry before its whiteout. The runs sit in a binary heap keyed
+// by their next item; when one run holds a long stretch of the names, as
+// a big bottom layer does, its head stays at the root and a step costs
+// two comparisons of integer keys.
+func mergeRuns(runs []mergeRun, emit func([]layerItem)) {
+	// h holds run indexes; ties at the same name go to the upper layer,
+	// the earlier run.
+	h := make([]int, 0, len(runs))
+	for i := range runs {
+		if runs[i].advance() {
+			h = append(h, i)
+		}
+	}
+	less := func(a, b int) bool {
+		x, y := &runs[a], &runs[b]
+		if c := compareNames(x.key, x.item, y.key, y.item); c != 0 {
+			return c < 0
+		}
+		return a < b
+	}
+	down := func(i int) {
+		for {
+			l := 2*i + 1
+			if l >= len(h) {
+				return
+			}
+			m := l
+			if r := l + 1; r < len(h) && less(h[r], h[l]) {
+				m = r
+			}
+			if !less(h[m], h[i]) {
+				return
+			}
+			h[i], h[m] = h[m], h[i]
+			i = m
+		}
+	}
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	var group []layerItem
+	for len(h) > 0 {
+		r := &runs[h[0]]
+		it := r.item
+		if len(group) > 0 && group[0].name != it.name {
+			emit(group)
+			group = group[:0]
+		}
+		group = append(group, layerItem{it, r.layer})
+		if !r.advance() {
+			h[0] = h[len(h)-1]
+			h = h[:len(h)-1]
+		}
+		down(0)
+	}
+	if len(group) > 0 {
+		emit(group)
+	}
 }
 
 // scanParallelism bounds how many layer directories of one merge are read
@@ -396,7 +516,7 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
 			return nil
 		case len(name) > len(whiteout.OCIPrefix) && name[:len(whiteout.OCIPrefix)] == whiteout.OCIPrefix:
 			if target, ok := whiteout.OCITarget(name); ok {
-				scan.whiteouts = append(scan.whiteouts, target)
+				scan.items = append(scan.items, mergeItem{name: target, whiteout: true})
 			}
 			return nil
 		}
@@ -408,13 +528,14 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
 			}
 			mode = st.Mode & unix.S_IFMT
 			if whiteout.IsCharWhiteout(&st) || (xwhiteouts && whiteout.IsWhiteout(fd, name, &st)) {
-				scan.whiteouts = append(scan.whiteouts, name)
+				scan.items = append(scan.items, mergeItem{name: name, whiteout: true})
 				return nil
 			}
 		}
-		scan.entries = append(scan.entries, namedEntry{name: name, layer: d.layer, mode: mode, ino: ino})
+		scan.items = append(scan.items, mergeItem{name: name, mode: mode, ino: ino})
 		return nil
 	})
+	scan.sortItems()
 	if err == nil && withStat {
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) == nil {
