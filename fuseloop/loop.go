@@ -67,6 +67,18 @@
 // running; so do all requests if registering fails, as it does when
 // the kernel refuses the buffers.
 //
+// Once the rings serve, that reader sees nothing but FORGETs (interrupts
+// are off, below), and each FORGET it is waiting for is a thread wake-up
+// paid by the process that let the inode go: rm -rf made one per file.
+// So after a FORGET request that carried fewer than forgetBatchBig
+// forgets, the reader pauses for forgetPause before it reads again; the
+// kernel queues the forgets meanwhile without waking anyone and hands
+// them over in one BATCH_FORGET. A request of forgetBatchBig or more is
+// followed by the next read at once, so a burst (drop_caches forgetting a
+// million inodes) is read as fast as the reader can, and no forget waits
+// longer than about forgetPause. rm -rf of 10,000 files onto tmpfs
+// layers took 440-503 ms instead of 535-593 ms.
+//
 // # Reapers at idle priority
 //
 // A reaper's commit wakes the process waiting for the answer while the
@@ -242,7 +254,30 @@ func (l *Loop) read() {
 		if !l.inlineSince.CompareAndSwap(start, 0) {
 			return // the guard made another goroutine the reader
 		}
+		if l.ringServed.Load() > 0 && forgetsIn(r) < forgetBatchBig {
+			time.Sleep(forgetPause)
+		}
 	}
+}
+
+// How the /dev/fuse reader waits for FORGETs while the rings serve
+// everything else (see "FUSE over io_uring" in the package doc).
+const (
+	forgetPause    = 20 * time.Millisecond
+	forgetBatchBig = 256
+)
+
+// forgetsIn is the number of forgets a request carries: 1 for FORGET, the
+// count of a BATCH_FORGET, and forgetBatchBig for any other request, after
+// which the reader does not pause.
+func forgetsIn(r *request) int {
+	switch r.hdr.Opcode {
+	case opForget:
+		return 1
+	case opBatchForget:
+		return batchForgetCount(r)
+	}
+	return forgetBatchBig
 }
 
 // readRequest reads one request; n == 0 with a nil error means "read

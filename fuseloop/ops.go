@@ -305,9 +305,14 @@ func init() {
 // forgetOne is one entry of BATCH_FORGET (struct fuse_forget_one).
 type forgetOne struct{ nodeID, nlookup uint64 }
 
+// batchForgetCount is the count of a BATCH_FORGET (fuse_batch_forget_in,
+// after the header).
+func batchForgetCount(r *request) int {
+	return int(*(*uint32)(unsafe.Add(unsafe.Pointer(&r.arg[0]), headerSize)))
+}
+
 func serveBatchForget(r *request) fuse.Status {
-	// fuse_batch_forget_in.count follows the header.
-	count := int(*(*uint32)(unsafe.Add(unsafe.Pointer(&r.arg[0]), headerSize)))
+	count := batchForgetCount(r)
 	size := int(unsafe.Sizeof(forgetOne{}))
 	if count*size > len(r.rest) {
 		r.loop.opts.Logger.Printf("fuseloop: BATCH_FORGET of %d entries in %d bytes", count, len(r.rest))
