@@ -58,7 +58,7 @@ func (e *lowerEntry) dirLayers() []int {
 // lowerListing is the merge of one directory across the lower layers. It is
 // built once per directory node (lower layers never change) and answers
 // every lookup and readdir in that directory without a further syscall into
-// the lowers: a missing name costs a map lookup whatever the stack depth.
+// the lowers: a missing name costs a binary search whatever the stack depth.
 //
 // It is kept as two sorted parallel slices rather than a map: a directory
 // the kernel holds keeps its listing for as long, and slices cost a third

@@ -118,8 +118,8 @@
 // attributes. So entries, attributes and negative lookups are given to the
 // kernel with a one-hour timeout. Each directory's lower layers are read
 // once, into a merged listing kept on the node while the kernel holds it
-// (lowerListing): a lookup of a missing name costs a map lookup, whatever
-// the number of layers. The listing also keeps the attributes of the
+// (lowerListing): a lookup of a missing name costs a binary search in it,
+// whatever the number of layers. The listing also keeps the attributes of the
 // topmost lower directory as its read left them (dirattr.go): the kernel
 // asks for a directory's attributes again after every read of it (the
 // atime went stale), and a directory with no upper part answers without a
