@@ -169,8 +169,12 @@ func fillEntry(child *node, out *fuse.EntryOut) {
 	out.Generation = id >> 32
 	out.Attr.Ino = child.ino
 	out.Attr.Mode = child.kind | out.Attr.Mode&07777
-	if out.AttrTimeout() == 0 {
+	switch out.AttrTimeout() {
+	case 0:
 		out.SetAttrTimeout(cacheTimeout)
+	case uncached:
+		// A twin's attributes are not kept at all (see uncached).
+		out.AttrValid, out.AttrValidNsec = 0, 0
 	}
 	out.SetEntryTimeout(cacheTimeout)
 }

@@ -1000,10 +1000,14 @@ func (n *node) Getattr(ctx context.Context, f *file, out *fuse.AttrOut) syscall.
 	return 0
 }
 
-// uncached is the attribute timeout of an object that has two kernel
-// inodes (a superseded node and its successor): a change through one would
-// leave the other's cached attributes stale, so neither keeps them. (Zero
-// would mean "the mount's default" to fillEntry.)
+// uncached marks the attributes of an object that has two kernel inodes
+// (a superseded node and its successor): a change through one would leave
+// the other's cached attributes stale, so neither may keep them. Replies
+// carry a timeout of zero for them: the kernel rounds any other timeout up
+// to a whole jiffy (1-10 ms), and a stat of one name right after a chmod
+// through the other got the old mode. In an entry reply the node sets
+// uncached and fillEntry turns it into zero, since a zero there means
+// "the mount's default".
 const uncached = time.Nanosecond
 
 // attrTimeout sets how long the kernel may keep attributes it gets from
@@ -1011,7 +1015,7 @@ const uncached = time.Nanosecond
 // kernel ask again at once).
 func (n *node) attrTimeout(out *fuse.AttrOut) {
 	if n.twin {
-		out.SetTimeout(uncached)
+		out.SetTimeout(0)
 		return
 	}
 	out.SetTimeout(cacheTimeout)
