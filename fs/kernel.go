@@ -169,14 +169,7 @@ func fillEntry(child *node, out *fuse.EntryOut) {
 	out.Generation = id >> 32
 	out.Attr.Ino = child.ino
 	out.Attr.Mode = child.kind | out.Attr.Mode&07777
-	switch out.AttrTimeout() {
-	case 0:
-		out.SetAttrTimeout(cacheTimeout)
-	case uncached:
-		// A twin's attributes are not kept at all (see uncached).
-		out.AttrValid, out.AttrValidNsec = 0, 0
-	}
-	out.SetEntryTimeout(cacheTimeout)
+	out.SetEntryTimeout(cacheTimeout) // the attributes' is the node's (attrValidity)
 }
 
 // ref counts one more kernel reference to n, for a node the kernel

@@ -828,9 +828,7 @@ func (n *node) fillEntry(st *unix.Stat_t, out *fuse.EntryOut) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.fillAttr(st, &out.Attr)
-	if n.twin {
-		out.SetAttrTimeout(uncached)
-	}
+	out.SetAttrTimeout(n.attrValidity())
 }
 
 func (n *node) fillAttr(st *unix.Stat_t, a *fuse.Attr) {
@@ -1000,26 +998,24 @@ func (n *node) Getattr(ctx context.Context, f *file, out *fuse.AttrOut) syscall.
 	return 0
 }
 
-// uncached marks the attributes of an object that has two kernel inodes
-// (a superseded node and its successor): a change through one would leave
-// the other's cached attributes stale, so neither may keep them. Replies
-// carry a timeout of zero for them: the kernel rounds any other timeout up
+// attrValidity is how long the kernel may keep the node's attributes,
+// in every reply that carries them (entries, GETATTR, SETATTR). An object
+// with two kernel inodes (a superseded node and its successor, twin) gets
+// zero: a change through one would leave the other's cached attributes
+// stale. Not even a nanosecond: the kernel rounds any nonzero timeout up
 // to a whole jiffy (1-10 ms), and a stat of one name right after a chmod
-// through the other got the old mode. In an entry reply the node sets
-// uncached and fillEntry turns it into zero, since a zero there means
-// "the mount's default".
-const uncached = time.Nanosecond
+// through the other got the old mode.
+func (n *node) attrValidity() time.Duration {
+	if n.twin {
+		return 0
+	}
+	return cacheTimeout
+}
 
 // attrTimeout sets how long the kernel may keep attributes it gets from
 // GETATTR and SETATTR replies (a SETATTR answer without one makes the
 // kernel ask again at once).
-func (n *node) attrTimeout(out *fuse.AttrOut) {
-	if n.twin {
-		out.SetTimeout(0)
-		return
-	}
-	out.SetTimeout(cacheTimeout)
-}
+func (n *node) attrTimeout(out *fuse.AttrOut) { out.SetTimeout(n.attrValidity()) }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if c := n.current(); c != n {
