@@ -271,6 +271,18 @@ func (n *node) dropIdleBackingLocked() {
 	}
 }
 
+// retireIdleBackingLocked is dropIdleBackingLocked for a node whose
+// object was just removed (st is its last stat): the registration is let
+// go of through retireBacking, off the request path. Caller holds n.mu.
+func (n *node) retireIdleBackingLocked(st *unix.Stat_t) {
+	o := n.opens
+	if o != nil && o.backing != 0 && o.backingRefs == 0 {
+		n.u.idleBackings.Add(-1)
+		n.u.retireBacking(o.backing, st)
+		o.backing, o.backingRefs = 0, 0
+	}
+}
+
 // unregisterBackingLocked gives the node's backing file back to the
 // kernel. Caller holds n.mu.
 func (n *node) unregisterBackingLocked() {
@@ -278,9 +290,7 @@ func (n *node) unregisterBackingLocked() {
 	if o == nil || o.backing == 0 {
 		return
 	}
-	if srv := n.u.srv.Load(); srv != nil {
-		srv.UnregisterBackingFd(o.backing)
-	}
+	n.u.unregisterBacking(o.backing)
 	o.backing, o.backingRefs = 0, 0
 }
 

@@ -403,12 +403,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		return err
 	}
 	needWhiteout := !n.opaque() && ll.entry(name) != nil
-	dirfd, err := n.openUpperDir()
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dirfd)
-	if err := n.removeUpper(dirfd, name, ci.inUpper, isDir, needWhiteout); err != nil {
+	if err := n.removeFromUpper(name, ci.inUpper, isDir, needWhiteout); err != nil {
 		return err
 	}
 	if ci.index && !ci.inUpper {
@@ -423,7 +418,7 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 		gone.mu.Lock()
 		gone.dropName(n, name)
 		if removesObject(ci) {
-			gone.dropIdleBackingLocked()
+			gone.retireIdleBackingLocked(&ci.st)
 		}
 		gone.mu.Unlock()
 	} else {
@@ -459,6 +454,24 @@ func (n *node) indexBeforeUnlink(name string, ci *childInfo) (*childInfo, error)
 		return nil, err
 	}
 	return n.lookupName(name)
+}
+
+// removeFromUpper is removeUpper in the node's own upper directory. The
+// common case, a file with nothing below it, is one unlink through the
+// cached descriptor.
+func (n *node) removeFromUpper(name string, inUpper, isDir, needWhiteout bool) error {
+	if inUpper && !isDir && !needWhiteout {
+		var err error
+		if n.dirFd().with(func(dirfd int) { err = unix.Unlinkat(dirfd, name, 0) }) {
+			return err
+		}
+	}
+	dirfd, err := n.openUpperDir()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	return n.removeUpper(dirfd, name, inUpper, isDir, needWhiteout)
 }
 
 // removeUpper removes dirfd/name from the upper layer and leaves a whiteout

@@ -392,16 +392,27 @@ func (n *node) lookupUpper(name string, lowerEnt *lowerEntry) (*childInfo, bool,
 	// a lower entry, or a new file being created) without opening
 	// anything; an entry that is there needs a descriptor of its own for
 	// the rest.
+	// A plain file found there (no whiteout, no metacopy) is completed
+	// under the cached descriptor too.
 	ci := &childInfo{inUpper: true}
 	var statErr error
-	var whited bool
+	var whited, metaRead bool
 	statName := func(dirfd int) {
 		statErr = unix.Fstatat(dirfd, name, &ci.st, unix.AT_SYMLINK_NOFOLLOW)
 		if errors.Is(statErr, unix.ENOENT) && n.u.wfmt == whiteout.FormatOCI {
 			whited = n.hasOCIWhiteout(dirfd, name)
 		}
+		if statErr == nil && cannotBeWhiteoutOrDir(&ci.st) {
+			n.u.readUpperMeta(dirfd, name, ci)
+			metaRead = true
+		}
 	}
 	statted := n.dirFd().with(statName)
+	if statted && metaRead && !ci.metacopy {
+		n.u.checkIndex(ci)
+		n.upperFileOrigin(name, lowerEnt, ci)
+		return ci, true, nil
+	}
 	if !statted || statErr == nil {
 		dirfd, err := n.openUpperDir()
 		if err != nil {
@@ -438,12 +449,33 @@ func (n *node) upperChild(dirfd int, name string, lowerEnt *lowerEntry, ci *chil
 		n.upperDirLowers(dirfd, name, lowerEnt, ci)
 	case ci.metacopy:
 		n.metacopyLower(dirfd, name, lowerEnt, ci)
-	case lowerEnt != nil && lowerEnt.mode() == mode:
-		// A copied-up file remembers its origin only for identity.
+	default:
+		n.upperFileOrigin(name, lowerEnt, ci)
+	}
+	return ci, true, nil
+}
+
+// upperFileOrigin notes the lower entry an upper non-directory without
+// metacopy was copied up from, if any: a copied-up file remembers its
+// origin only for identity.
+func (n *node) upperFileOrigin(name string, lowerEnt *lowerEntry, ci *childInfo) {
+	if lowerEnt != nil && lowerEnt.mode() == ci.st.Mode&unix.S_IFMT {
 		ci.lower = n.lowerChildRef(lowerEnt.layer(), name)
 		ci.hasLower = false
 	}
-	return ci, true, nil
+}
+
+// cannotBeWhiteoutOrDir reports whether an upper entry with attributes st
+// is neither a directory nor possibly a whiteout (a 0/0 character device,
+// or an empty regular file that may carry the whiteout xattr).
+func cannotBeWhiteoutOrDir(st *unix.Stat_t) bool {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR, unix.S_IFCHR:
+		return false
+	case unix.S_IFREG:
+		return st.Size > 0
+	}
+	return true
 }
 
 func (n *node) hasOCIWhiteout(dirfd int, name string) bool {
@@ -1043,6 +1075,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	n.u.flushRetired() // removed files count as free space at once
 	fd := n.u.lowers[0].rootFd
 	if n.u.upper != nil {
 		fd = n.u.upper.rootFd

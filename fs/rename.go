@@ -120,7 +120,7 @@ func (n *node) rename(ctx context.Context, name string, np *node, newName string
 		dst.node.dropName(np, newName)
 		if removesObject(dst.ci) {
 			dst.node.mu.Lock()
-			dst.node.dropIdleBackingLocked()
+			dst.node.retireIdleBackingLocked(&dst.ci.st)
 			dst.node.mu.Unlock()
 			n.u.objectRemoved(dst.node.ino, dst.node, &dst.ci.st)
 		}

@@ -84,6 +84,9 @@ type union struct {
 	// idleBackings counts passthrough backing files kept registered for
 	// nodes with no handle open (file.go keepBacking).
 	idleBackings atomic.Int64
+	// retired holds backing ids of removed objects not yet let go of
+	// (retire.go).
+	retired backingRetirer
 
 	prefetch *prefetcher // builds subdirectory listings ahead (prefetch.go)
 	plus     plusPolicy  // which READDIRPLUS entries carry attributes (plus.go)

@@ -109,6 +109,13 @@ func removeAndRemake(t *testing.T, v *view, rounds int) (reused int) {
 				t.Fatal(err)
 			}
 		}
+		// Strata lets go of a removed file it kept open a few
+		// milliseconds after the removal, and at once on a statfs: only
+		// then can the upper filesystem give its number out again.
+		var fs unix.Statfs_t
+		if err := unix.Statfs(v.mnt, &fs); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(fresh, []byte("fresher"), 0o600); err != nil {
 			t.Fatal(err)
 		}
