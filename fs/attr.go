@@ -58,6 +58,9 @@ func (n *node) killSetID(ctx context.Context) error {
 }
 
 func (n *node) setattr(f *file, in *fuse.SetAttrIn) error {
+	if mode, ok := in.GetMode(); ok && mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+		n.privilegesMayChange()
+	}
 	size, hasSize := in.GetSize()
 	if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID|fuse.FATTR_SIZE) != 0 {
 		n.mu.Lock()
@@ -65,7 +68,11 @@ func (n *node) setattr(f *file, in *fuse.SetAttrIn) error {
 		n.mu.Unlock()
 	}
 	if f != nil && f.upper {
-		return n.setattrFd(f.fd, in)
+		fd, err := f.descriptor()
+		if err != nil {
+			return err
+		}
+		return n.setattrFd(fd, in)
 	}
 	if err := n.copyUp(ctx0, hasSize && size != 0); err != nil {
 		return err
@@ -367,6 +374,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	}
 	if isPrivateXattr(attr) {
 		return syscall.EPERM
+	}
+	if attr == "security.capability" {
+		n.privilegesMayChange()
 	}
 	return toErrno(n.changeXattr(func(dirfd int, name string) error {
 		return setxattrAt(dirfd, name, attr, data, int(flags))

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -25,21 +26,41 @@ type openState struct {
 	// through them (the kernel sends those without a handle).
 	live map[*file]struct{}
 	// backing is the passthrough backing file registered for the node's
-	// passthrough handles, 0 if none; backingRefs counts those handles,
+	// passthrough handles, 0 if none; backingFd is the descriptor
+	// registered, kept open with it; backingRefs counts those handles,
 	// and backingUpper says whether it is the upper file. It stays
 	// registered after the last handle closes, for the next open (see
 	// keepBacking).
 	backing      int32
+	backingFd    int
 	backingRefs  int32
 	backingUpper bool
+	// backingClean: the registered upper file was seen with no set-id bit
+	// and no capability, and nothing since could have given it either
+	// (privilegesMayChange), so a lazy open needs no check.
+	backingClean bool
 }
 
 // maxIdleBackings bounds the backing files a mount keeps registered for
 // nodes with no passthrough handle open. Registering one is two ioctls
-// (one to register at the open, one to unregister at the release) and a
-// file the kernel holds; a file opened again and again (grep after an
-// untar, a build reading headers) reuses its registration instead.
+// (one to register at the open, one to unregister at the release), a
+// file the kernel holds and a descriptor the daemon keeps; a file opened
+// again and again (grep after an untar, a build reading headers) reuses
+// its registration instead, and its read-only opens are lazy (see file).
+// A mount keeps at most half the descriptors its limit leaves beside the
+// directory cache this way (idleBackingLimit); the other half is for open
+// handles.
 const maxIdleBackings = 8192
+
+// idleBackingLimit is maxIdleBackings, or less under a low descriptor
+// limit.
+func idleBackingLimit() int64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return max(0, min(maxIdleBackings, (int64(lim.Cur)-maxDirFds)/2))
+}
 
 // ioMode is how a node's open files are served.
 type ioMode uint8
@@ -51,31 +72,83 @@ const (
 	ioFUSE
 )
 
-// liveUpperFd returns a descriptor of an open handle of the upper object,
-// or -1. Caller holds n.mu.
+// liveUpperFd returns a descriptor of the upper object kept open for an
+// open handle (the registered backing file, or a handle's own), or -1.
+// Caller holds n.mu.
 func (n *node) liveUpperFd() int {
-	if n.opens == nil {
+	o := n.opens
+	if o == nil {
 		return -1
 	}
-	for f := range n.opens.live {
+	if o.backing != 0 && o.backingUpper {
+		return o.backingFd
+	}
+	for f := range o.live {
 		if f.upper {
-			return f.fd
+			if fd, err := f.descriptor(); err == nil {
+				return fd
+			}
 		}
 	}
 	return -1
 }
 
 // file is an open regular file: a descriptor of the upper or lower backing
-// file. All I/O goes to fd.
+// file. All I/O goes to its descriptor.
+//
+// A read-only handle passed through on a backing file the node has
+// registered already is opened lazily (openLazily): the kernel reads
+// through the registration, and most such handles (grep's, a compiler's)
+// never ask the daemon for anything but their RELEASE. Its descriptor is
+// opened on the first request that needs one (descriptor), from the
+// registered descriptor through /proc/self/fd: a new open file description
+// (locks belong to one) of the same object, even if it has been renamed or
+// removed meanwhile. The handle holds a reference on the registration from
+// its open, so that descriptor stays open as long as the handle.
 type file struct {
-	n        *node
-	fd       int
-	upper    bool // fd is the upper file (else a lower one, read-only)
-	writable bool // opened for writing
+	n *node
+	// fdMu guards fd, which is -1 until a lazy handle's descriptor is
+	// opened.
+	fdMu sync.Mutex
+	fd   int
+	// lazyFrom and lazyFlags: a lazy handle's registered descriptor and
+	// open flags.
+	lazyFrom, lazyFlags int
+	upper               bool // the upper file (else a lower one, read-only)
+	writable            bool // opened for writing
 	// mayHoldSetID: the file had set-id bits or a capability when opened
 	// for writing, so writes check for bits to drop.
 	mayHoldSetID bool
 	pt           bool // handed out as passthrough
+	// heldBacking: the handle took its reference on the node's backing
+	// file when it was opened (a lazy handle).
+	heldBacking bool
+	// clean: an upper file passed through because it has no set-id bit
+	// or capability (see backingClean).
+	clean bool
+}
+
+// descriptor returns the handle's descriptor, opening a lazy handle's now.
+func (f *file) descriptor() (int, error) {
+	f.fdMu.Lock()
+	defer f.fdMu.Unlock()
+	if f.fd < 0 {
+		fd, err := unix.Open(procFdPath(f.lazyFrom), f.lazyFlags, 0)
+		if err != nil {
+			return -1, fmt.Errorf("open handle: %w", err)
+		}
+		f.fd = fd
+	}
+	return f.fd, nil
+}
+
+// withFd calls fn with the handle's descriptor.
+func (f *file) withFd(fn func(fd int) error) syscall.Errno {
+	fd, err := f.descriptor()
+	if err != nil {
+		return toErrno(err)
+	}
+	return toErrno(fn(fd))
 }
 
 // openFlagsKept are the open(2) flags passed on to the backing file. The
@@ -93,6 +166,9 @@ const writeAccess = unix.O_WRONLY | unix.O_RDWR
 func (n *node) Open(ctx context.Context, flags uint32) (*file, syscall.Errno) {
 	if n.current() != n {
 		return nil, syscall.ESTALE
+	}
+	if f := n.openLazily(int(flags)); f != nil {
+		return f, 0
 	}
 	f, err := n.open(int(flags))
 	if err != nil {
@@ -143,6 +219,45 @@ func (n *node) open(flags int) (*file, error) {
 	return &file{n: n, fd: fd}, nil
 }
 
+// openLazily opens a lazy handle (see file) for a read-only open, when
+// the node's registered backing file is the one the open would pass
+// through and its mode allows another such handle; else it returns nil.
+func (n *node) openLazily(flags int) *file {
+	if flags&(writeAccess|unix.O_TRUNC) != 0 || !n.u.passthrough.Load() {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	o := n.opens
+	if o == nil || o.backing == 0 {
+		return nil
+	}
+	upper := n.inUpper && !n.metacopy
+	want := ioPassthroughLower
+	if upper {
+		want = ioPassthroughUpper
+	}
+	if o.backingUpper != upper || (o.mode != ioUnset && o.mode != want) {
+		return nil
+	}
+	if upper && !o.backingClean {
+		if privilegedObject(o.backingFd, n.xattrs) {
+			return nil // served through FUSE (servedForPrivileges)
+		}
+		o.backingClean = true
+	}
+	// No O_NOFOLLOW: the /proc/self/fd name is a link by design.
+	flags = flags&openFlagsKept | unix.O_CLOEXEC
+	f := &file{n: n, fd: -1, lazyFrom: o.backingFd, lazyFlags: flags, upper: upper, pt: true, heldBacking: true}
+	if o.backingRefs == 0 {
+		n.u.idleBackings.Add(-1)
+	}
+	o.backingRefs++
+	o.mode = want
+	o.live[f] = struct{}{}
+	return f
+}
+
 // openUpperObject opens the node's upper object. Caller holds u.treeMu
 // shared and n.mu.
 func (n *node) openUpperObject(flags int) (int, error) {
@@ -184,6 +299,9 @@ func (n *node) handOut(f *file, checkPrivileged bool) syscall.Errno {
 	case !n.u.passthrough.Load() || (checkPrivileged && f.servedForPrivileges()):
 	case f.upper:
 		want = ioPassthroughUpper
+		// Checked, or made so by the caller: a new file whose mode has
+		// no set-id bit.
+		f.clean = true
 	default:
 		want = ioPassthroughLower
 	}
@@ -208,6 +326,12 @@ func (n *node) backingID(u *union, f *file) int32 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	o := n.opens
+	if f.heldBacking {
+		return o.backing
+	}
+	if f.clean && o.backing != 0 && o.backingUpper {
+		o.backingClean = true
+	}
 	if o.backing != 0 && o.backingRefs == 0 {
 		u.idleBackings.Add(-1)
 		if o.backingUpper != f.upper {
@@ -216,45 +340,47 @@ func (n *node) backingID(u *union, f *file) int32 {
 		}
 	}
 	if o.backing == 0 {
-		id, ok := registerBacking(u, f.fd)
+		id, fd, ok := registerBacking(u, f.fd)
 		if !ok {
 			f.pt = false
 			return 0
 		}
-		o.backing, o.backingUpper = id, f.upper
+		o.backing, o.backingFd, o.backingUpper, o.backingClean = id, fd, f.upper, f.clean
 	}
 	o.backingRefs++
 	return o.backing
 }
 
 // registerBacking registers the file open at fd as a backing file, through
-// an open file description of its own: the kernel keeps the one it is
-// given for as long as the registration lives, and the handle's own
-// descriptor carries the handle's locks (flock and OFD locks belong to the
-// open file description), which must go when the handle is released.
-func registerBacking(u *union, fd int) (int32, bool) {
+// an open file description of its own, and returns its id and that
+// descriptor (the caller keeps it open as long as the registration, for
+// lazy handles to reopen). The kernel keeps the description it is given
+// for as long as the registration lives, and the handle's own descriptor
+// carries the handle's locks (flock and OFD locks belong to the open file
+// description), which must go when the handle is released.
+func registerBacking(u *union, fd int) (int32, int, bool) {
 	srv := u.srv.Load()
 	if srv == nil {
-		return 0, false
+		return 0, -1, false
 	}
 	own, err := unix.Open(procFdPath(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, false
+		return 0, -1, false
 	}
-	defer unix.Close(own)
 	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(own)})
 	if errno != 0 {
+		unix.Close(own)
 		u.passthrough.Store(false)
-		return 0, false
+		return 0, -1, false
 	}
-	return id, true
+	return id, own, true
 }
 
 // keepBacking is called when the node's last passthrough handle closed:
 // the registration stays for the next open while the mount keeps fewer
-// than maxIdleBackings idle ones. Caller holds n.mu.
+// than u.maxIdleBackings idle ones. Caller holds n.mu.
 func (n *node) keepBacking() {
-	if n.u.idleBackings.Add(1) > maxIdleBackings {
+	if n.u.idleBackings.Add(1) > n.u.maxIdleBackings {
 		n.u.idleBackings.Add(-1)
 		n.unregisterBackingLocked()
 	}
@@ -278,8 +404,8 @@ func (n *node) retireIdleBackingLocked(st *unix.Stat_t) {
 	o := n.opens
 	if o != nil && o.backing != 0 && o.backingRefs == 0 {
 		n.u.idleBackings.Add(-1)
-		n.u.retireBacking(o.backing, st)
-		o.backing, o.backingRefs = 0, 0
+		n.u.retireBacking(o.backing, o.backingFd, st)
+		o.backing, o.backingFd, o.backingRefs, o.backingClean = 0, -1, 0, false
 	}
 }
 
@@ -290,8 +416,21 @@ func (n *node) unregisterBackingLocked() {
 	if o == nil || o.backing == 0 {
 		return
 	}
-	n.u.unregisterBacking(o.backing)
-	o.backing, o.backingRefs = 0, 0
+	n.u.unregisterBacking(o.backing, o.backingFd)
+	o.backing, o.backingFd, o.backingRefs, o.backingClean = 0, -1, 0, false
+}
+
+// privilegesMayChange is called before a change that may give the node's
+// object a set-id bit or a capability: its registered backing file is
+// checked again at the next lazy open. The change always goes through
+// the current node (Setattr and Setxattr forward to it), the only one
+// lazy opens are made on.
+func (n *node) privilegesMayChange() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.opens != nil {
+		n.opens.backingClean = false
+	}
 }
 
 // servedForPrivileges reports whether f must be served through FUSE
@@ -311,14 +450,21 @@ func (f *file) servedForPrivileges() bool {
 		// node whatever the bits.
 		return false
 	}
+	return privilegedObject(f.fd, f.n.xattrs)
+}
+
+// privilegedObject reports whether the file open at fd has a set-id bit
+// or a file capability (or cannot be told); xattrs is what the node knows
+// of its xattr names.
+func privilegedObject(fd int, xattrs xattrNames) bool {
 	var st unix.Stat_t
-	if unix.Fstat(f.fd, &st) != nil || st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+	if unix.Fstat(fd, &st) != nil || st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
 		return true
 	}
-	if !f.n.xattrs.mayHave("security.capability") {
+	if !xattrs.mayHave("security.capability") {
 		return false
 	}
-	_, err := unix.Fgetxattr(f.fd, "security.capability", nil)
+	_, err := unix.Fgetxattr(fd, "security.capability", nil)
 	return err == nil
 }
 
@@ -388,13 +534,21 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 		o.mode = ioUnset
 	}
 	f.n.mu.Unlock()
+	f.fdMu.Lock()
+	defer f.fdMu.Unlock()
+	if f.fd < 0 {
+		return 0 // a lazy handle never opened
+	}
 	return toErrno(unix.Close(f.fd))
 }
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := unix.Pread(f.fd, dest, off)
-	if err != nil {
-		return nil, toErrno(err)
+	n := 0
+	if errno := f.withFd(func(fd int) (err error) {
+		n, err = unix.Pread(fd, dest, off)
+		return err
+	}); errno != 0 {
+		return nil, errno
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -420,22 +574,25 @@ func (f *file) Flush(ctx context.Context) syscall.Errno {
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	if flags&1 != 0 {
-		return toErrno(unix.Fdatasync(f.fd))
-	}
-	return toErrno(unix.Fsync(f.fd))
+	return f.withFd(func(fd int) error {
+		if flags&1 != 0 {
+			return unix.Fdatasync(fd)
+		}
+		return unix.Fsync(fd)
+	})
 }
 
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	r, err := unix.Seek(f.fd, int64(off), int(whence))
-	if err != nil {
-		return 0, toErrno(err)
-	}
-	return uint64(r), 0
+	var r int64
+	errno := f.withFd(func(fd int) (err error) {
+		r, err = unix.Seek(fd, int64(off), int(whence))
+		return err
+	})
+	return uint64(r), errno
 }
 
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	return toErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
+	return f.withFd(func(fd int) error { return unix.Fallocate(fd, mode, int64(off), int64(size)) })
 }
 
 // Locks are OFD locks on the backing descriptor, keyed by the lock owner the
@@ -443,8 +600,8 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	flk := unix.Flock_t{}
 	lk.ToFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
-	if err := unix.FcntlFlock(uintptr(f.fd), unix.F_OFD_GETLK, &flk); err != nil {
-		return toErrno(err)
+	if errno := f.withFd(func(fd int) error { return unix.FcntlFlock(uintptr(fd), unix.F_OFD_GETLK, &flk) }); errno != 0 {
+		return errno
 	}
 	out.FromFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
 	return 0
@@ -474,7 +631,7 @@ func (f *file) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno
 		if !wait {
 			op |= unix.LOCK_NB
 		}
-		return toErrno(unix.Flock(f.fd, op))
+		return f.withFd(func(fd int) error { return unix.Flock(fd, op) })
 	}
 	flk := unix.Flock_t{}
 	lk.ToFlockT((*syscall.Flock_t)(unsafeFlock(&flk)))
@@ -482,7 +639,7 @@ func (f *file) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno
 	if wait {
 		cmd = unix.F_OFD_SETLKW
 	}
-	return toErrno(unix.FcntlFlock(uintptr(f.fd), cmd, &flk))
+	return f.withFd(func(fd int) error { return unix.FcntlFlock(uintptr(fd), cmd, &flk) })
 }
 
 // ctx0 is the context for internal work not tied to one request.
@@ -502,7 +659,11 @@ func copyFileRange(ctx context.Context, in *file, offIn uint64, dst *file, offOu
 		dst.killSetIDForWriter(ctx)
 	}
 	inOff, outOff := int64(offIn), int64(offOut)
-	copied, err := unix.CopyFileRange(in.fd, &inOff, dst.fd, &outOff, int(length), int(flags))
+	inFd, err := in.descriptor()
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	copied, err := unix.CopyFileRange(inFd, &inOff, dst.fd, &outOff, int(length), int(flags))
 	if err != nil {
 		return 0, toErrno(err)
 	}

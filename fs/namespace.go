@@ -321,7 +321,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	n.u.nodesMu.Unlock()
 	child.fillEntry(&st, out)
 	f := &file{n: child, fd: fd, upper: true}
-	if errno := child.handOut(f, false); errno != 0 {
+	if errno := child.handOut(f, mode&(unix.S_ISUID|unix.S_ISGID) != 0); errno != 0 {
 		n.u.unref(child)
 		return nil, nil, errno
 	}

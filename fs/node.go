@@ -1001,8 +1001,8 @@ func (n *node) Getattr(ctx context.Context, f *file, out *fuse.AttrOut) syscall.
 	}
 	if f != nil {
 		var st unix.Stat_t
-		if err := unix.Fstat(f.fd, &st); err != nil {
-			return toErrno(err)
+		if errno := f.withFd(func(fd int) error { return unix.Fstat(fd, &st) }); errno != 0 {
+			return errno
 		}
 		n.mu.Lock()
 		current := f.upper || !n.inUpper

@@ -38,25 +38,32 @@ const (
 	maxRetiredBytes = 16 << 20
 )
 
-// backingRetirer holds backing ids waiting to be unregistered.
+// backingRetirer holds backing registrations waiting to be let go of.
 type backingRetirer struct {
 	mu      sync.Mutex
-	pending []int32
+	pending []retiredBacking
 	bytes   int64 // space the pending files hold
 	armed   bool  // a flush is scheduled
 }
 
-// retireBacking unregisters backing id of an object whose last name went,
-// now or soon (see above); st is the object's last stat.
-func (u *union) retireBacking(id int32, st *unix.Stat_t) {
+// retiredBacking is a backing id and the descriptor registered under it.
+type retiredBacking struct {
+	id int32
+	fd int
+}
+
+// retireBacking lets go of backing id, registered as fd, of an object
+// whose last name went, now or soon (see above); st is the object's last
+// stat.
+func (u *union) retireBacking(id int32, fd int, st *unix.Stat_t) {
 	size := st.Blocks * 512
 	if size > retireNowBytes {
-		u.unregisterBacking(id)
+		u.unregisterBacking(id, fd)
 		return
 	}
 	r := &u.retired
 	r.mu.Lock()
-	r.pending = append(r.pending, id)
+	r.pending = append(r.pending, retiredBacking{id, fd})
 	r.bytes += size
 	full := len(r.pending) >= maxRetired || r.bytes > maxRetiredBytes
 	arm := !r.armed && !full
@@ -77,22 +84,24 @@ func (u *union) retireBacking(id int32, st *unix.Stat_t) {
 	}
 }
 
-// flushRetired unregisters every retired backing id now.
+// flushRetired lets go of every retired backing registration now.
 func (u *union) flushRetired() {
 	r := &u.retired
 	r.mu.Lock()
-	ids := r.pending
+	pending := r.pending
 	r.pending, r.bytes = nil, 0
 	r.mu.Unlock()
-	for _, id := range ids {
-		u.unregisterBacking(id)
+	for _, b := range pending {
+		u.unregisterBacking(b.id, b.fd)
 	}
 }
 
-// unregisterBacking gives backing id back to the kernel. (Once the
-// connection is gone the kernel has dropped every registration itself.)
-func (u *union) unregisterBacking(id int32) {
+// unregisterBacking gives backing id back to the kernel and closes fd,
+// the descriptor registered under it. (Once the connection is gone the
+// kernel has dropped every registration itself.)
+func (u *union) unregisterBacking(id int32, fd int) {
 	if srv := u.srv.Load(); srv != nil {
 		srv.UnregisterBackingFd(id)
 	}
+	unix.Close(fd)
 }

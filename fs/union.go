@@ -84,6 +84,8 @@ type union struct {
 	// idleBackings counts passthrough backing files kept registered for
 	// nodes with no handle open (file.go keepBacking).
 	idleBackings atomic.Int64
+	// maxIdleBackings bounds idleBackings (idleBackingLimit).
+	maxIdleBackings int64
 	// retired holds backing ids of removed objects not yet let go of
 	// (retire.go).
 	retired backingRetirer
@@ -126,7 +128,7 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}, maxIdleBackings: idleBackingLimit()}
 	ok := false
 	defer func() {
 		if !ok {
