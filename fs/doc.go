@@ -97,7 +97,9 @@
 //     inode table, the node ids and lookup counts, the aliases),
 //     kernelFS.filesMu (the file handles), dirCursors.mu (the shared
 //     listing snapshots), union.tmpMu, each node's cached directory
-//     descriptor lock (dirfd.go), each listing's lock on its kept lower
+//     descriptor lock (dirfd.go), each open file's descriptor lock
+//     (file.go; a lazy handle's), the list of retired backing files
+//     (retire.go), each listing's lock on its kept lower
 //     directory descriptors (dirlist.go; a child's stat takes its
 //     parent's), the prefetcher's lock (prefetch.go) and the READDIRPLUS
 //     policy's lock (plus.go).
@@ -171,7 +173,18 @@
 // the node; it stays registered after the last handle closes, for the
 // next open, until the node is forgotten, its object removed or its data
 // copied up (file.go backingID and keepBacking; at most 8,192 idle ones a
-// mount).
+// mount, fewer under a low descriptor limit). The descriptor registered
+// stays open with it. A read-only open that would pass through on the
+// registered file is lazy (file.go openLazily): no descriptor is opened
+// until a request on the handle needs one, which then reopens the
+// registered descriptor through /proc/self/fd, a new open file
+// description of the same object wherever it has moved. The node also
+// remembers that the registered upper file has no set-id bit or
+// capability until a change could add one, so such an open makes no
+// system call at all. A removed object's registration, which holds the
+// file's last reference, is let go of a few milliseconds later in a batch
+// off the request path (retire.go; big files at once, and STATFS first
+// lets go of all).
 //
 // The kernel allows one backing file per inode while passthrough opens
 // are live, and no other kind of open beside them. A file opened from a
