@@ -18,8 +18,8 @@ import (
 // closed together a few milliseconds later, by a goroutine the
 // scheduler is free to run on an idle CPU.
 //
-// What the user can see of the delay is the space and the inode of the
-// removed file, and neither is seen late:
+// What the user can see of the delay is the removed file's space and
+// inode number, which come free up to retireDelay later, within bounds:
 //   - a file of more than retireNowBytes is let go of at once, so
 //     removing a big file frees its space before the unlink returns, as
 //     it does on overlayfs;
@@ -28,9 +28,10 @@ import (
 //   - at most maxRetired files and maxRetiredBytes of space wait; the
 //     removal that would exceed either lets go of them all itself.
 //
-// So a program that removes files and at once writes into the space they
-// held on a full disk may find the space still taken for those few
-// milliseconds, as it would had another process held the files open.
+// So a program that removes small files and at once writes into the
+// space they held on a full disk may find it still taken for those few
+// milliseconds, as it would had another process held the files open, and
+// the upper filesystem gives their inode numbers out again only after.
 const (
 	retireDelay     = 5 * time.Millisecond
 	retireNowBytes  = 1 << 20
