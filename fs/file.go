@@ -387,37 +387,52 @@ func (n *node) keepBacking() {
 }
 
 // dropIdleBackingLocked unregisters a backing file kept with no handle
-// open: when the node is forgotten, and when its object is removed (a
-// kept registration holds the file, and its space, as an open descriptor
-// would). Caller holds n.mu.
+// open, when the node is forgotten (a removed object's goes through
+// retireIdleBackingLocked). Caller holds n.mu.
 func (n *node) dropIdleBackingLocked() {
-	if n.opens != nil && n.opens.backing != 0 && n.opens.backingRefs == 0 {
+	if n.hasIdleBackingLocked() {
 		n.u.idleBackings.Add(-1)
 		n.unregisterBackingLocked()
 	}
 }
 
 // retireIdleBackingLocked is dropIdleBackingLocked for a node whose
-// object was just removed (st is its last stat): the registration is let
+// object was just removed (st is its last stat): a kept registration
+// holds the file, and its space, as an open descriptor would, and is let
 // go of through retireBacking, off the request path. Caller holds n.mu.
 func (n *node) retireIdleBackingLocked(st *unix.Stat_t) {
-	o := n.opens
-	if o != nil && o.backing != 0 && o.backingRefs == 0 {
+	if n.hasIdleBackingLocked() {
 		n.u.idleBackings.Add(-1)
-		n.u.retireBacking(o.backing, o.backingFd, st)
-		o.backing, o.backingFd, o.backingRefs, o.backingClean = 0, -1, 0, false
+		b, _ := n.detachBackingLocked()
+		n.u.retireBacking(b, st)
 	}
+}
+
+// hasIdleBackingLocked reports whether the node keeps a registered
+// backing file with no handle open. Caller holds n.mu.
+func (n *node) hasIdleBackingLocked() bool {
+	o := n.opens
+	return o != nil && o.backing != 0 && o.backingRefs == 0
 }
 
 // unregisterBackingLocked gives the node's backing file back to the
 // kernel. Caller holds n.mu.
 func (n *node) unregisterBackingLocked() {
+	if b, ok := n.detachBackingLocked(); ok {
+		n.u.unregisterBacking(b)
+	}
+}
+
+// detachBackingLocked takes the node's backing registration off it and
+// returns it, if it has one. Caller holds n.mu.
+func (n *node) detachBackingLocked() (backingRegistration, bool) {
 	o := n.opens
 	if o == nil || o.backing == 0 {
-		return
+		return backingRegistration{}, false
 	}
-	n.u.unregisterBacking(o.backing, o.backingFd)
+	b := backingRegistration{o.backing, o.backingFd}
 	o.backing, o.backingFd, o.backingRefs, o.backingClean = 0, -1, 0, false
+	return b, true
 }
 
 // privilegesMayChange is called before a change that may give the node's

@@ -42,29 +42,29 @@ const (
 // backingRetirer holds backing registrations waiting to be let go of.
 type backingRetirer struct {
 	mu      sync.Mutex
-	pending []retiredBacking
+	pending []backingRegistration
 	bytes   int64 // space the pending files hold
 	armed   bool  // a flush is scheduled
 }
 
-// retiredBacking is a backing id and the descriptor registered under it.
-type retiredBacking struct {
+// backingRegistration is a backing id and the descriptor registered
+// under it.
+type backingRegistration struct {
 	id int32
 	fd int
 }
 
-// retireBacking lets go of backing id, registered as fd, of an object
-// whose last name went, now or soon (see above); st is the object's last
-// stat.
-func (u *union) retireBacking(id int32, fd int, st *unix.Stat_t) {
+// retireBacking lets go of registration b of an object whose last name
+// went, now or soon (see above); st is the object's last stat.
+func (u *union) retireBacking(b backingRegistration, st *unix.Stat_t) {
 	size := st.Blocks * 512
 	if size > retireNowBytes {
-		u.unregisterBacking(id, fd)
+		u.unregisterBacking(b)
 		return
 	}
 	r := &u.retired
 	r.mu.Lock()
-	r.pending = append(r.pending, retiredBacking{id, fd})
+	r.pending = append(r.pending, b)
 	r.bytes += size
 	full := len(r.pending) >= maxRetired || r.bytes > maxRetiredBytes
 	arm := !r.armed && !full
@@ -93,16 +93,16 @@ func (u *union) flushRetired() {
 	r.pending, r.bytes = nil, 0
 	r.mu.Unlock()
 	for _, b := range pending {
-		u.unregisterBacking(b.id, b.fd)
+		u.unregisterBacking(b)
 	}
 }
 
-// unregisterBacking gives backing id back to the kernel and closes fd,
-// the descriptor registered under it. (Once the connection is gone the
-// kernel has dropped every registration itself.)
-func (u *union) unregisterBacking(id int32, fd int) {
+// unregisterBacking gives registration b back to the kernel and closes
+// its descriptor. (Once the connection is gone the kernel has dropped
+// every registration itself.)
+func (u *union) unregisterBacking(b backingRegistration) {
 	if srv := u.srv.Load(); srv != nil {
-		srv.UnregisterBackingFd(id)
+		srv.UnregisterBackingFd(b.id)
 	}
-	unix.Close(fd)
+	unix.Close(b.fd)
 }
