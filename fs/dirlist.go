@@ -80,6 +80,11 @@ type lowerListing struct {
 	// top is the attributes of the topmost merged directory, read as
 	// its scan ended (see dirAttr).
 	top dirAttr
+
+	// partial is set on a listing built for lookups that left some
+	// layer directories unread (probe.go): names and ents are empty, and
+	// only find answers.
+	partial *partialMerge
 }
 
 type layerDirFd struct{ layer, fd int }
@@ -129,6 +134,25 @@ func (ll *lowerListing) keptFdLocked(li int) (int, bool) {
 	return -1, false
 }
 
+// adoptDirFds takes over the cached descriptors of the partial listing
+// this one replaces. Caller holds the owning node's mu.
+func (ll *lowerListing) adoptDirFds(u *union, old *lowerListing) {
+	old.fdMu.Lock()
+	fds := old.dirFds
+	old.dirFds = nil
+	old.fdMu.Unlock()
+	ll.fdMu.Lock()
+	defer ll.fdMu.Unlock()
+	for _, c := range fds {
+		if _, kept := ll.keptFdLocked(c.layer); kept {
+			unix.Close(c.fd)
+			u.dirFds.Add(-1)
+			continue
+		}
+		ll.dirFds = append(ll.dirFds, c)
+	}
+}
+
 // closeDirFds closes the cached descriptors. Caller holds the owning
 // node's mu.
 func (ll *lowerListing) closeDirFds(u *union) {
@@ -141,7 +165,18 @@ func (ll *lowerListing) closeDirFds(u *union) {
 	ll.dirFds = nil
 }
 
-// entry returns name's entry, nil if no lower layer shows name.
+// find returns name's entry, nil if no lower layer shows name. A partial
+// listing probes the layers it did not read; caller holds the owning
+// node's mu.
+func (ll *lowerListing) find(u *union, name string) (*lowerEntry, error) {
+	if ll.partial != nil {
+		return ll.partial.find(u, ll, name)
+	}
+	return ll.entry(name), nil
+}
+
+// entry returns name's entry in a whole listing, nil if no lower layer
+// shows name.
 func (ll *lowerListing) entry(name string) *lowerEntry {
 	i, found := slices.BinarySearch(ll.names, name)
 	if !found {
@@ -150,8 +185,13 @@ func (ll *lowerListing) entry(name string) *lowerEntry {
 	return &ll.ents[i]
 }
 
-// size is the number of names listed.
-func (ll *lowerListing) size() int { return len(ll.names) }
+// size is the number of names listed (of a partial listing: kept).
+func (ll *lowerListing) size() int {
+	if ll.partial != nil {
+		return len(ll.partial.groups)
+	}
+	return len(ll.names)
+}
 
 // layerScan is what one layer's directory contributes: its names, with
 // the whiteouts among them, and their sorted order.
@@ -162,6 +202,10 @@ type layerScan struct {
 	// st is the directory's own attributes after it was read, for the
 	// top of the set only (withStat).
 	st *unix.Stat_t
+	// probed: the directory was too large to read for a lookup; it holds
+	// no items and is probed name by name (probe.go). xwhiteouts: it is
+	// marked to hold whiteout files.
+	probed, xwhiteouts bool
 }
 
 // mergeItem is one name of one layer directory while a merge is built:
@@ -253,9 +297,23 @@ func (s lowerDirSet) child(name string, layers []int) lowerDirSet {
 // arrive together, top layer first, and mergeName decides what the name
 // shows.
 func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error) {
-	scans := u.scanLowerDirs(dirs)
+	return u.mergeLowerDirs(dirs, 0)
+}
+
+// buildLookupListing is buildLowerListing for a lookup: layer directories
+// of the mount's probe size or more are left unread, and the listing is
+// then a partial one (probe.go).
+func (u *union) buildLookupListing(dirs lowerDirSet) (*lowerListing, []int, error) {
+	return u.mergeLowerDirs(dirs, u.cfg.probeOver())
+}
+
+// mergeLowerDirs builds the listing of dirs, probing layer directories of
+// probeOver bytes or more (0: none).
+func (u *union) mergeLowerDirs(dirs lowerDirSet, probeOver int64) (*lowerListing, []int, error) {
+	scans := u.scanLowerDirs(dirs, probeOver)
 	var used []int
 	var runs []mergeRun
+	var probes []probedDir
 	total := 0
 	for i, li := range dirs.layers {
 		scan, err := scans[i].scan, scans[i].err
@@ -267,6 +325,9 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 			return nil, nil, err
 		}
 		used = append(used, li)
+		if scan.probed {
+			probes = append(probes, probedDir{layer: li, xwhiteouts: scan.xwhiteouts})
+		}
 		if len(scan.order) > 0 {
 			runs = append(runs, mergeRun{scan: scan, layer: li})
 			total += len(scan.order)
@@ -274,6 +335,13 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 		if scan.opaque {
 			break
 		}
+	}
+	if len(probes) > 0 {
+		last := &probes[len(probes)-1]
+		last.lowest = last.layer == used[len(used)-1]
+		ll := &lowerListing{partial: newPartialMerge(dirs, runs, probes)}
+		ll.top = topDirAttr(dirs, used, scans)
+		return ll, used, nil
 	}
 	ll := &lowerListing{names: make([]string, 0, total), ents: make([]lowerEntry, 0, total)}
 	mergeRuns(runs, func(group []layerItem) {
@@ -289,10 +357,17 @@ func (u *union) buildLowerListing(dirs lowerDirSet) (*lowerListing, []int, error
 		ll.names = append([]string(nil), ll.names...)
 		ll.ents = append([]lowerEntry(nil), ll.ents...)
 	}
-	if len(used) > 0 && used[0] == dirs.layers[0] && scans[0].scan.st != nil {
-		ll.top = newDirAttr(used[0], scans[0].scan.st)
-	}
+	ll.top = topDirAttr(dirs, used, scans)
 	return ll, used, nil
+}
+
+// topDirAttr is the attributes of the merge's top directory, when that
+// is the set's first layer.
+func topDirAttr(dirs lowerDirSet, used []int, scans []scanResult) dirAttr {
+	if len(used) > 0 && used[0] == dirs.layers[0] && scans[0].scan.st != nil {
+		return newDirAttr(used[0], scans[0].scan.st)
+	}
+	return dirAttr{}
 }
 
 // layerItem is a mergeItem with the layer it comes from.
@@ -445,10 +520,10 @@ type scanResult struct {
 // scanParallelism at a time, and returns the scans in stack order. Once a
 // directory is found opaque the layers below it are not read (their slots
 // stay empty: the merge stops at the opaque one before reaching them).
-func (u *union) scanLowerDirs(dirs lowerDirSet) []scanResult {
+func (u *union) scanLowerDirs(dirs lowerDirSet, probeOver int64) []scanResult {
 	results := make([]scanResult, len(dirs.layers))
 	scanAt := func(i int) bool {
-		scan, err := u.scanLowerDir(lowerRef{layer: dirs.layers[i], rel: dirs.rel}, i == 0)
+		scan, err := u.scanLowerDirOver(lowerRef{layer: dirs.layers[i], rel: dirs.rel}, i == 0, probeOver)
 		results[i] = scanResult{scan, err}
 		return err == nil && scan.opaque
 	}
@@ -499,6 +574,12 @@ func raiseOpaqueMark(at *atomic.Int64, i int64) {
 // scanLowerDir reads one directory of one lower layer; withStat also
 // keeps the directory's attributes as the read left them.
 func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
+	return u.scanLowerDirOver(d, withStat, 0)
+}
+
+// scanLowerDirOver is scanLowerDir that leaves a directory of probeOver
+// bytes or more unread (probeOver 0: none), marked probed.
+func (u *union) scanLowerDirOver(d lowerRef, withStat bool, probeOver int64) (*layerScan, error) {
 	l := u.lowers[d.layer]
 	fd, err := l.open(d.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -509,6 +590,12 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
 	opaqueVal, hasOpaque := overlayOpaqueValue(fd)
 	scan.opaque = hasOpaque && opaqueVal == "y"
 	xwhiteouts := hasOpaque && opaqueVal == "x"
+	if probeOver > 0 {
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Size >= probeOver {
+			return probeScan(fd, &st, scan, xwhiteouts, withStat), nil
+		}
+	}
 	err = readDirents(fd, func(name string, ino uint64, dtype uint8) error {
 		switch {
 		case whiteout.IsOCIOpaque(name):

@@ -127,6 +127,14 @@
 // atime went stale), and a directory with no upper part answers without a
 // system call. The upper directory is read live.
 //
+// A lookup does not wait for a huge layer directory to be read: one of
+// Config.ProbeDirSize bytes or more (256 KiB, about 10,000 entries, by
+// default; the probe_size option) is left out of the merge a lookup
+// builds, and each name is looked up in it with fstatat until the whole
+// merge, asked of the prefetcher at once, is built in the background; the
+// node then swaps it in (probe.go). Both ways decide a name with the same
+// rule (mergeName). A READDIR waits for the whole merge.
+//
 // Walkers go from a directory into its subdirectories, so when a node's
 // merged listing is built, two background workers build the listings of
 // its subdirectories and stat their entries, one level ahead of the walker

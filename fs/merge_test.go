@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -93,64 +94,95 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// Random stacks of one directory, with files, directories, symlinks, both
-// kinds of whiteout (and a whiteout beside an entry of the same name in
-// one layer), opaque directories and layers without the directory: the
-// k-way merge of sorted layers gives the listing the plain rule gives.
+// mergePool is the names random stacks hold. They share long prefixes so
+// that sort keys tie and the full names decide; "longname-0" and
+// "longname-00" differ only in length. The last is long enough that its
+// OCI whiteout name cannot exist.
+var mergePool = []string{"a", "b", "ab", "longname-0", "longname-00", "longname-1", "longname-10", "z", "zz", "m", strings.Repeat("q", 253)}
+
+// randomMergeStack writes the layers of a random stack of one directory,
+// "d", topmost first: files, directories, symlinks, all three kinds of
+// whiteout (and a whiteout beside an entry of the same name in one
+// layer), opaque directories, directories marked to hold xattr whiteouts,
+// and layers without the directory.
+func randomMergeStack(t *testing.T, rng *rand.Rand) []string {
+	t.Helper()
+	lowers := make([]string, 1+rng.IntN(7))
+	for i := range lowers {
+		lowers[i] = t.TempDir()
+		d := filepath.Join(lowers[i], "d")
+		if rng.IntN(8) == 0 {
+			continue // this layer lacks the directory
+		}
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if rng.IntN(10) == 0 {
+			writeTree(t, lowers[i], "d/.wh..wh..opq")
+		}
+		xwhiteouts := rng.IntN(4) == 0
+		if xwhiteouts {
+			if err := unix.Setxattr(d, "user.overlay.opaque", []byte("x"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range mergePool {
+			p := filepath.Join(d, name)
+			var err error
+			switch rng.IntN(9) {
+			case 0, 1:
+				err = os.WriteFile(p, nil, 0o644)
+			case 2, 3:
+				err = os.Mkdir(p, 0o755)
+			case 4:
+				err = os.Symlink("x", p)
+			case 5:
+				err = unix.Mknod(p, unix.S_IFCHR, 0)
+			case 6:
+				if len(name) > 250 {
+					continue
+				}
+				err = os.WriteFile(filepath.Join(d, ".wh."+name), nil, 0o644)
+				if err == nil && rng.IntN(2) == 0 {
+					err = os.Mkdir(p, 0o755) // and an entry beside it
+				}
+			case 7:
+				// An xattr whiteout: one only where the directory
+				// is marked for them.
+				if err = os.WriteFile(p, nil, 0o644); err == nil {
+					err = unix.Setxattr(p, "user.overlay.whiteout", []byte("y"), 0)
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return lowers
+}
+
+// wholeStack is the set of every layer of a stack of depth layers.
+func wholeStack(depth int) lowerDirSet {
+	all := make([]int, depth)
+	for i := range all {
+		all[i] = i
+	}
+	return lowerDirSet{rel: "d", layers: all}
+}
+
+// Random stacks: the k-way merge of sorted layers gives the listing the
+// plain rule gives.
 func TestMergeAgreesWithReferenceOnRandomStacks(t *testing.T) {
 	seed := rand.Uint64()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	// Names share long prefixes so that sort keys tie and the full names
-	// decide; "longname-0" and "longname-00" differ only in length.
-	pool := []string{"a", "b", "ab", "longname-0", "longname-00", "longname-1", "longname-10", "z", "zz", "m"}
 	for round := range 40 {
-		depth := 1 + rng.IntN(7)
-		lowers := make([]string, depth)
-		for i := range lowers {
-			lowers[i] = t.TempDir()
-			d := filepath.Join(lowers[i], "d")
-			if rng.IntN(8) == 0 {
-				continue // this layer lacks the directory
-			}
-			if err := os.Mkdir(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if rng.IntN(10) == 0 {
-				writeTree(t, lowers[i], "d/.wh..wh..opq")
-			}
-			for _, name := range pool {
-				p := filepath.Join(d, name)
-				var err error
-				switch rng.IntN(8) {
-				case 0, 1:
-					err = os.WriteFile(p, nil, 0o644)
-				case 2, 3:
-					err = os.Mkdir(p, 0o755)
-				case 4:
-					err = os.Symlink("x", p)
-				case 5:
-					err = unix.Mknod(p, unix.S_IFCHR, 0)
-				case 6:
-					err = os.WriteFile(filepath.Join(d, ".wh."+name), nil, 0o644)
-					if err == nil && rng.IntN(2) == 0 {
-						err = os.Mkdir(p, 0o755) // and an entry beside it
-					}
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
+		lowers := randomMergeStack(t, rng)
 		u, err := newUnion(Config{Lowers: lowers})
 		if err != nil {
 			t.Fatal(err)
 		}
-		all := make([]int, depth)
-		for i := range all {
-			all[i] = i
-		}
-		dirs := lowerDirSet{rel: "d", layers: all}
+		dirs := wholeStack(len(lowers))
 		ll, used, err := u.buildLowerListing(dirs)
 		if err != nil {
 			t.Fatal(err)

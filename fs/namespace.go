@@ -35,7 +35,7 @@ func (n *node) prepareSlot(name string) (*slot, error) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	ll, err := n.lowerListingLocked()
+	lowerHasName, err := n.lowerHasNameLocked(name)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func (n *node) prepareSlot(name string) (*slot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open upper dir: %w", err)
 	}
-	s := &slot{dirfd: dirfd, name: name, lowerHasName: !n.opaque() && ll.entry(name) != nil}
+	s := &slot{dirfd: dirfd, name: name, lowerHasName: lowerHasName}
 	var st unix.Stat_t
 	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
@@ -398,11 +398,10 @@ func (n *node) remove(ctx context.Context, name string, dir bool) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	ll, err := n.lowerListingLocked()
+	needWhiteout, err := n.lowerHasNameLocked(name)
 	if err != nil {
 		return err
 	}
-	needWhiteout := !n.opaque() && ll.entry(name) != nil
 	if err := n.removeFromUpper(name, ci.inUpper, isDir, needWhiteout); err != nil {
 		return err
 	}

@@ -279,13 +279,46 @@ func (n *node) lowerChildRef(li int, name string) lowerRef {
 }
 
 // lowerListingLocked returns the cached merge of the lower directories,
-// building it on first use. Caller holds n.mu.
+// whole (every name listed), building it on first use or in place of a
+// partial one. Caller holds n.mu.
 func (n *node) lowerListingLocked() (*lowerListing, error) {
+	ll, err := n.lowerMergeLocked(false)
+	if err != nil || ll.partial == nil {
+		return ll, err
+	}
+	whole := ll.partial.awaitWhole()
+	if whole == nil {
+		if whole, _, err = n.u.buildLowerListing(n.dir.lowerDirs); err != nil {
+			return nil, err
+		}
+	}
+	whole.adoptDirFds(n.u, ll)
+	n.dir.listing.Store(whole)
+	return whole, nil
+}
+
+// lowerLookupLocked returns the cached merge of the lower directories for
+// a lookup (find): a partial one will do (probe.go). Caller holds n.mu.
+func (n *node) lowerLookupLocked() (*lowerListing, error) {
+	return n.lowerMergeLocked(true)
+}
+
+// lowerMergeLocked returns the cached merge, building it on first use,
+// partial if forLookup allows. Caller holds n.mu.
+func (n *node) lowerMergeLocked(forLookup bool) (*lowerListing, error) {
 	d := n.dir
 	if d == nil {
 		return &lowerListing{}, nil // not a directory: lists nothing
 	}
 	if ll := d.listing.Load(); ll != nil {
+		if ll.partial == nil {
+			return ll, nil
+		}
+		if whole := ll.partial.whole.Load(); whole != nil {
+			whole.adoptDirFds(n.u, ll)
+			d.listing.Store(whole)
+			return whole, nil
+		}
 		return ll, nil
 	}
 	if d.lowerDirs.empty() {
@@ -293,7 +326,7 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 		d.listing.Store(ll)
 		return ll, nil
 	}
-	ll, used, err := n.u.prefetch.listing(d.lowerDirs)
+	ll, used, err := n.u.prefetch.listing(d.lowerDirs, forLookup)
 	if err != nil {
 		return nil, err
 	}
@@ -364,11 +397,14 @@ func (n *node) lookupName(name string) (*childInfo, error) {
 
 // lookupLocked resolves name. Caller holds u.treeMu shared and n.mu.
 func (n *node) lookupLocked(name string) (*childInfo, error) {
-	ll, err := n.lowerListingLocked()
+	ll, err := n.lowerLookupLocked()
 	if err != nil {
 		return nil, err
 	}
-	lowerEnt := ll.entry(name)
+	lowerEnt, err := ll.find(n.u, name)
+	if err != nil {
+		return nil, err
+	}
 	if n.inUpper {
 		ci, found, err := n.lookupUpper(name, lowerEnt)
 		if err != nil || found {

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/strata-fs/strata/fuseloop"
@@ -15,10 +16,12 @@ type MountSpec struct {
 	Work     string
 	Volatile bool
 	ReadOnly bool
-	Mount    MountOptions
-	Unknown  []string // reported to the user and skipped
-	setOther bool
-	setPerms bool
+	// ProbeDirSize is Config.ProbeDirSize (probe_size=BYTES|off).
+	ProbeDirSize int64
+	Mount        MountOptions
+	Unknown      []string // reported to the user and skipped
+	setOther     bool
+	setPerms     bool
 }
 
 // passThroughOptions go to mount(2) as they are.
@@ -67,6 +70,16 @@ func ParseMountOptions(s string, spec *MountSpec) error {
 			spec.Volatile = true
 		case "fsync":
 			spec.Volatile = val == "0"
+		case "probe_size":
+			if val == "off" {
+				spec.ProbeDirSize = -1
+				break
+			}
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("option %q: want probe_size=BYTES (a positive number) or probe_size=off", opt)
+			}
+			spec.ProbeDirSize = n
 		case "allow_other":
 			spec.Mount.AllowOther, spec.setOther = true, true
 		case "default_permissions":

@@ -119,3 +119,25 @@ func TestParseMountOptionsIoUring(t *testing.T) {
 		t.Error("io_uring_sched=fifo was accepted")
 	}
 }
+
+func TestParseMountOptionsProbeSize(t *testing.T) {
+	for opt, want := range map[string]int64{"probe_size=4096": 4096, "probe_size=off": -1} {
+		var spec MountSpec
+		if err := ParseMountOptions(opt, &spec); err != nil || spec.ProbeDirSize != want {
+			t.Errorf("%s: size %d (%v), want %d", opt, spec.ProbeDirSize, err, want)
+		}
+		cfg := Config{ProbeDirSize: spec.ProbeDirSize}
+		if over := cfg.probeOver(); want > 0 && over != want || want < 0 && over != 0 {
+			t.Errorf("%s: probes from %d bytes", opt, over)
+		}
+	}
+	if over := (Config{}).probeOver(); over != DefaultProbeDirSize {
+		t.Errorf("default: probes from %d bytes, want %d", over, DefaultProbeDirSize)
+	}
+	for _, bad := range []string{"probe_size=", "probe_size=0", "probe_size=-5", "probe_size=1k"} {
+		var spec MountSpec
+		if err := ParseMountOptions(bad, &spec); err == nil {
+			t.Errorf("%s was accepted", bad)
+		}
+	}
+}

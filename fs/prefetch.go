@@ -29,6 +29,13 @@ import (
 // the node would build; the node takes it instead of reading the layers
 // again. Nothing else is cached: upper entries are always read fresh.
 //
+// A worker builds a listing as a lookup would (probe.go): a huge layer
+// directory is left unread, so that a lookup arriving meanwhile waits for
+// the small layers only. The whole merge of such a partial listing, and of
+// one a node built for a lookup, is then built by the workers before any
+// other work (wantWhole), at most maxPendingWhole waiting, and handed to
+// the partial listing, from which the node takes it.
+//
 // Bounds: pending work is a stack (a depth-first walker goes next where
 // the last listing pointed) of at most maxPendingDirs sets, dropping the
 // oldest; finished listings wait for their node up to maxReadyEntries
@@ -45,6 +52,7 @@ const (
 	maxPendingDirs  = 1024
 	maxReadyEntries = 1 << 16
 	maxWarmEntries  = 1024
+	maxPendingWhole = 64
 )
 
 type prefetcher struct {
@@ -53,6 +61,9 @@ type prefetcher struct {
 	wake *sync.Cond
 	// pending are sets to build, the most recently asked for last.
 	pending []lowerDirSet
+	// wholes are partial listings a lookup took, whose whole merge is
+	// built next (before anything pending), oldest first.
+	wholes []*partialMerge
 	// building maps a set's key to a channel closed when its build ends.
 	building map[string]chan struct{}
 	// ready are finished listings not yet taken; readyOrder holds their
@@ -85,6 +96,10 @@ func (p *prefetcher) stop() {
 	p.mu.Lock()
 	p.stopped = true
 	p.pending = nil
+	for _, pm := range p.wholes {
+		pm.endWhole(nil)
+	}
+	p.wholes = nil
 	p.wake.Broadcast()
 	p.mu.Unlock()
 	p.workers.Wait()
@@ -104,7 +119,9 @@ func dirSetKey(s lowerDirSet) string {
 // listing returns the merged listing of dirs: the prefetched one if a
 // worker built it (waiting if one is building it now), else one built
 // here. Either way the subdirectories are then queued for prefetch.
-func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
+// forLookup: a partial listing will do (probe.go); else a partial one
+// built ahead is dropped and the whole merge built here.
+func (p *prefetcher) listing(dirs lowerDirSet, forLookup bool) (*lowerListing, []int, error) {
 	key := dirSetKey(dirs)
 	p.mu.Lock()
 	if done, ok := p.building[key]; ok {
@@ -115,13 +132,18 @@ func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
 	if got := p.takeReadyLocked(key); got != nil {
 		p.mu.Unlock()
 		p.queueChildren(dirs, got.ll)
+		p.wantWhole(got.ll)
 		return got.ll, got.used, nil
 	}
 	// Built here; workers skip the set meanwhile.
 	done := make(chan struct{})
 	p.building[key] = done
 	p.mu.Unlock()
-	ll, used, err := p.u.buildLowerListing(dirs)
+	build := p.u.buildLowerListing
+	if forLookup {
+		build = p.u.buildLookupListing
+	}
+	ll, used, err := build(dirs)
 	p.mu.Lock()
 	delete(p.building, key)
 	p.mu.Unlock()
@@ -130,7 +152,32 @@ func (p *prefetcher) listing(dirs lowerDirSet) (*lowerListing, []int, error) {
 		return nil, nil, err
 	}
 	p.queueChildren(dirs, ll)
+	p.wantWhole(ll)
 	return ll, used, nil
+}
+
+// wantWhole has the whole merge of a partial listing built in the
+// background, once (probe.go): lookups probe until it is there, then
+// search it, and a listing of the directory waits for it.
+func (p *prefetcher) wantWhole(ll *lowerListing) {
+	pm := ll.partial
+	if pm == nil || !pm.asked.CompareAndSwap(false, true) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		pm.endWhole(nil)
+		return
+	}
+	p.wholes = append(p.wholes, pm)
+	if over := len(p.wholes) - maxPendingWhole; over > 0 {
+		for _, dropped := range p.wholes[:over] {
+			dropped.endWhole(nil)
+		}
+		p.wholes = append(p.wholes[:0], p.wholes[over:]...)
+	}
+	p.wake.Broadcast()
 }
 
 // queueChildren asks for the listings of the subdirectories of a listing
@@ -167,12 +214,22 @@ func (p *prefetcher) queueChildren(dirs lowerDirSet, ll *lowerListing) {
 func (p *prefetcher) work() {
 	defer p.workers.Done()
 	for {
-		dirs, key, done, ok := p.next()
+		whole, dirs, key, done, ok := p.next()
 		if !ok {
 			return
 		}
-		ll, used, err := p.u.buildLowerListing(dirs)
-		if err == nil && ll.size() <= maxWarmEntries {
+		if whole != nil {
+			ll, _, err := p.u.buildLowerListing(whole.dirs)
+			if err != nil {
+				ll = nil
+			}
+			whole.endWhole(ll)
+			continue
+		}
+		// Built for a lookup: a huge layer directory is probed rather
+		// than read ahead, since a lookup would wait for the read.
+		ll, used, err := p.u.buildLookupListing(dirs)
+		if err == nil && ll.partial == nil && ll.size() <= maxWarmEntries {
 			p.warmInodes(dirs, ll)
 		}
 		p.mu.Lock()
@@ -182,14 +239,23 @@ func (p *prefetcher) work() {
 		}
 		p.mu.Unlock()
 		close(done)
+		if err == nil {
+			p.wantWhole(ll) // a walker that lists it will wait for less
+		}
 	}
 }
 
-// next waits for a set to build that is neither built nor being built.
-func (p *prefetcher) next() (lowerDirSet, string, chan struct{}, bool) {
+// next waits for work: the oldest partial listing whole merge is wanted
+// (whole), else a set to build that is neither built nor being built.
+func (p *prefetcher) next() (whole *partialMerge, dirs lowerDirSet, key string, done chan struct{}, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for {
+		if len(p.wholes) > 0 && !p.stopped {
+			whole = p.wholes[0]
+			p.wholes = p.wholes[1:]
+			return whole, lowerDirSet{}, "", nil, true
+		}
 		for len(p.pending) > 0 && !p.stopped {
 			dirs := p.pending[len(p.pending)-1]
 			p.pending = p.pending[:len(p.pending)-1]
@@ -202,10 +268,10 @@ func (p *prefetcher) next() (lowerDirSet, string, chan struct{}, bool) {
 			}
 			done := make(chan struct{})
 			p.building[key] = done
-			return dirs, key, done, true
+			return nil, dirs, key, done, true
 		}
 		if p.stopped {
-			return lowerDirSet{}, "", nil, false
+			return nil, lowerDirSet{}, "", nil, false
 		}
 		p.wake.Wait()
 	}

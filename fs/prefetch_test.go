@@ -71,7 +71,7 @@ func waitReady(t *testing.T, p *prefetcher, dirs lowerDirSet) {
 func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 	u := prefetchStack(t)
 	root := lowerDirSet{rel: "", layers: []int{0, 1, 2}}
-	rootList, _, err := u.prefetch.listing(root)
+	rootList, _, err := u.prefetch.listing(root, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 		}
 		child := root.child(name, e.dirLayers())
 		waitReady(t, u.prefetch, child)
-		got, gotUsed, err := u.prefetch.listing(child)
+		got, gotUsed, err := u.prefetch.listing(child, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,13 +106,13 @@ func TestPrefetchedListingEqualsBuiltOne(t *testing.T) {
 func TestPrefetchMarksEntriesWithoutXattrs(t *testing.T) {
 	u := prefetchStack(t)
 	root := lowerDirSet{rel: "", layers: []int{0, 1, 2}}
-	rootList, _, err := u.prefetch.listing(root)
+	rootList, _, err := u.prefetch.listing(root, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := root.child("d", rootList.entry("d").dirLayers())
 	waitReady(t, u.prefetch, d)
-	ll, _, err := u.prefetch.listing(d)
+	ll, _, err := u.prefetch.listing(d, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,13 +135,13 @@ func TestPrefetchHandsOutOnceAndStaysBounded(t *testing.T) {
 	u := prefetchStack(t)
 	p := u.prefetch
 	root := lowerDirSet{rel: "", layers: []int{0, 1, 2}}
-	rootList, _, err := p.listing(root)
+	rootList, _, err := p.listing(root, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := root.child("d", rootList.entry("d").dirLayers())
 	waitReady(t, p, d)
-	if _, _, err := p.listing(d); err != nil {
+	if _, _, err := p.listing(d, true); err != nil {
 		t.Fatal(err)
 	}
 	p.mu.Lock()

@@ -222,14 +222,20 @@ func checkRename(src, dst *found, dstExists bool, flags uint32) error {
 func (n *node) hasLowerName(name string) (bool, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.lowerHasNameLocked(name)
+}
+
+// lowerHasNameLocked is hasLowerName; caller holds n.mu.
+func (n *node) lowerHasNameLocked(name string) (bool, error) {
 	if n.opaque() {
 		return false, nil
 	}
-	ll, err := n.lowerListingLocked()
+	ll, err := n.lowerLookupLocked()
 	if err != nil {
 		return false, err
 	}
-	return ll.entry(name) != nil, nil
+	e, err := ll.find(n.u, name)
+	return e != nil, err
 }
 
 // prepareMove records, on a directory about to move, where its lower

@@ -28,6 +28,26 @@ type Config struct {
 	Volatile bool
 	// ReadOnly serves a read-only view even with an upper layer.
 	ReadOnly bool
+	// ProbeDirSize is the size (st_size) from which a lower directory is
+	// looked up name by name until something lists it, instead of read
+	// whole on the first lookup (probe.go). 0 takes DefaultProbeDirSize;
+	// a negative size never probes.
+	ProbeDirSize int64
+}
+
+// DefaultProbeDirSize is ProbeDirSize's default: about 10,000 entries on
+// ext4, xfs or tmpfs.
+const DefaultProbeDirSize = 256 << 10
+
+// probeOver is the directory size from which lookups probe, 0 for never.
+func (c Config) probeOver() int64 {
+	switch {
+	case c.ProbeDirSize == 0:
+		return DefaultProbeDirSize
+	case c.ProbeDirSize < 0:
+		return 0
+	}
+	return c.ProbeDirSize
 }
 
 // union is the state shared by all nodes of one mount.

@@ -24,6 +24,10 @@ type scenario struct {
 	tmpfsLayers []int
 	// extraOracleOptions are added to oracleOptions.
 	extraOracleOptions []string
+	// probeAll has strata look every lower directory up name by name
+	// until something lists it (probe_size=1), instead of merging it
+	// whole on the first lookup: the path a huge directory takes.
+	probeAll bool
 }
 
 // pair is the oracle and the system under test, each mounted on its own
@@ -54,17 +58,32 @@ func setupPair(t *testing.T, sc scenario) *pair {
 			t.Fatal(err)
 		}
 	}
-	return mountPair(t, dir, sutLowers, oracleLowers, sc.readOnly, sc.extraOracleOptions)
+	var sutOptions []string
+	if sc.probeAll {
+		sutOptions = []string{"probe_size=1"}
+	}
+	return mountPairWith(t, dir, sutLowers, oracleLowers, sc.readOnly, sc.extraOracleOptions, sutOptions)
 }
 
 // mountPair mounts the oracle on oracleLowers and the SUT on sutLowers,
 // each with its own upper and work directory under dir.
 func mountPair(t *testing.T, dir string, sutLowers, oracleLowers []string, readOnly bool, extraOracleOptions []string) *pair {
 	t.Helper()
+	return mountPairWith(t, dir, sutLowers, oracleLowers, readOnly, extraOracleOptions, nil)
+}
+
+// mountPairWith is mountPair that gives strata, as the SUT, the mount
+// options sutOptions.
+func mountPairWith(t *testing.T, dir string, sutLowers, oracleLowers []string, readOnly bool, extraOracleOptions, sutOptions []string) *pair {
+	t.Helper()
 	oracle := kernelOverlay{options: append(append([]string{}, oracleOptions...), extraOracleOptions...)}
 	p := &pair{t: t, sutLowers: sutLowers, oracleLowers: oracleLowers}
 	p.oracle = mountView(t, oracle, newStackDirs(t, filepath.Join(dir, "oracle"), oracleLowers, readOnly))
 	sut, sutLayerDirs := sutTarget(t), sutLowers
+	if s, ok := sut.(strataTarget); ok {
+		s.options = sutOptions
+		sut = s
+	}
 	if sutName() == "kernel" {
 		// The harness self-check: the kernel reads only its own markers.
 		sut, sutLayerDirs = oracle, oracleLowers

@@ -136,8 +136,12 @@ func readFsContextLog(fsfd int) string {
 	return strings.Join(msgs, "; ")
 }
 
-// strataTarget runs the strata binary built by TestMain.
-type strataTarget struct{ bin string }
+// strataTarget runs the strata binary built by TestMain, with the mount
+// options given (-o).
+type strataTarget struct {
+	bin     string
+	options []string
+}
 
 func (strataTarget) name() string { return "strata" }
 
@@ -148,6 +152,9 @@ func (s strataTarget) mount(d stackDirs, mnt, logFile string) error {
 	}
 	if d.upper != "" {
 		args = append(args, "--upper", d.upper, "--work", d.work)
+	}
+	if len(s.options) > 0 {
+		args = append(args, "-o", strings.Join(s.options, ","))
 	}
 	args = append(args, mnt)
 	return runLogged(logFile, s.bin, args...)

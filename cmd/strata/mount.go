@@ -210,7 +210,7 @@ func serveMount(mountpoint string, spec *fs.MountSpec) error {
 	unix.Umask(0) // modes come from the kernel with the caller's umask applied
 	raiseFileLimit()
 	paceGarbageCollection()
-	cfg := fs.Config{Lowers: spec.Lowers, Upper: spec.Upper, Work: spec.Work, Volatile: spec.Volatile, ReadOnly: spec.ReadOnly}
+	cfg := fs.Config{Lowers: spec.Lowers, Upper: spec.Upper, Work: spec.Work, Volatile: spec.Volatile, ReadOnly: spec.ReadOnly, ProbeDirSize: spec.ProbeDirSize}
 	var srv *fs.Server
 	var err error
 	withFewReaders(func() { srv, err = fs.Mount(mountpoint, cfg, spec.Mount) })

@@ -1,0 +1,82 @@
+package fs
+
+import (
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Random stacks, with every layer directory, some of them or none probed
+// name by name: a partial listing finds what the whole merge lists, for
+// every name a layer holds and for names none can show.
+func TestPartialListingFindsWhatTheWholeMergeLists(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	names := append(slices.Clone(mergePool), "missing", ".wh.a", ".wh.", ".wh..wh..opq", ".wh..opq")
+	partials := 0
+	for round := range 60 {
+		lowers := randomMergeStack(t, rng)
+		u, err := newUnion(Config{Lowers: lowers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs := wholeStack(len(lowers))
+		whole, wantUsed, err := u.buildLowerListing(dirs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 1 probes every directory; a layer's own size probes those at
+		// least as large; a huge size none.
+		for _, over := range []int64{1, layerDirSize(t, lowers[rng.IntN(len(lowers))]), 1 << 40} {
+			ll, used, err := u.mergeLowerDirs(dirs, over)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(used, wantUsed) {
+				t.Fatalf("round %d, probing from %d bytes: layers %v, want %v", round, over, used, wantUsed)
+			}
+			if over == 1 && len(used) > 0 && ll.partial == nil {
+				t.Fatalf("round %d: probing every directory gave a whole listing", round)
+			}
+			if ll.partial != nil {
+				partials++
+			}
+			for _, name := range names {
+				got, err := ll.find(u, name)
+				if err != nil {
+					t.Fatalf("round %d: find %q: %v", round, name, err)
+				}
+				want := whole.entry(name)
+				if (got == nil) != (want == nil) || got != nil && !reflect.DeepEqual(*got, *want) {
+					t.Fatalf("round %d, probing from %d bytes: %.20q: %s, want %s", round, over, name, describeFound(got), describeFound(want))
+				}
+			}
+			ll.closeDirFds(u)
+		}
+		u.close()
+	}
+	if partials == 0 {
+		t.Fatal("no partial listing was built")
+	}
+}
+
+// layerDirSize is the st_size of a layer's directory d, 1 if it has none.
+func layerDirSize(t *testing.T, layer string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(layer+"/d", &st); err != nil {
+		return 1
+	}
+	return st.Size
+}
+
+func describeFound(e *lowerEntry) string {
+	if e == nil {
+		return "not shown"
+	}
+	return describeEntry(*e)
+}
