@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -116,4 +117,68 @@ func benchmarkFirstLookups(b *testing.B, kind target.Kind, lowers []string, path
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lookupNames), "ns/lookup")
 	cpu.reportPer(b, lookupNames, "daemon-cpu-ns/lookup")
+}
+
+// hugeDirFiles is how many files the bottom layer of the huge-directory
+// stacks holds in fixture.DeepDir: the bench/compare data set's size.
+const hugeDirFiles = 100_000
+
+// The huge-directory layer set: deep layers whose bottom holds
+// hugeDirFiles files.
+var hugeSet struct {
+	once
+	deep string
+}
+
+func hugeDirLayers(b *testing.B) {
+	hugeSet.do(b, func() error {
+		hugeSet.deep = filepath.Join(setup.root, "huge")
+		return fixture.WriteDeepLayers(hugeSet.deep, 1000, hugeDirFiles)
+	})
+}
+
+// BenchmarkFirstLookupInHugeDir times the first stat on a fresh mount in
+// a directory whose bottom layer holds 100,000 files, through 128 and
+// 1,000 layers, with the page cache warm: the time a union takes before
+// it can answer the first name of such a directory (strata reads the
+// small layers and probes the big one; the whole merge follows in the
+// background). ns/op is per first stat; ns/next-lookup is the mean of the
+// 100 lookups of other names that follow.
+func BenchmarkFirstLookupInHugeDir(b *testing.B) {
+	forEachTarget(b, func(b *testing.B, kind target.Kind) {
+		hugeDirLayers(b)
+		for _, depth := range []int{128, 1000} {
+			b.Run(fmt.Sprintf("layers-%d", depth), func(b *testing.B) {
+				benchmarkFirstLookup(b, kind, fixture.DeepStack(hugeSet.deep, depth))
+			})
+		}
+	})
+}
+
+func benchmarkFirstLookup(b *testing.B, kind target.Kind, lowers []string) {
+	const next = 100
+	var st unix.Stat_t
+	var nextTime time.Duration
+	b.StopTimer()
+	for range b.N {
+		m := mountFresh(b, kind, lowers, "")
+		b.StartTimer()
+		err := unix.Lstat(filepath.Join(m.Dir, fixture.MissingName(0)), &st)
+		b.StopTimer()
+		if !errors.Is(err, unix.ENOENT) {
+			b.Fatalf("first lstat: %v, want ENOENT", err)
+		}
+		start := time.Now()
+		for i := 1; i <= next; i++ {
+			p := filepath.Join(m.Dir, fixture.BottomName(i*hugeDirFiles/next-1))
+			if err := unix.Lstat(p, &st); err != nil {
+				b.Fatal(err)
+			}
+		}
+		nextTime += time.Since(start)
+		if err := m.Unmount(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(nextTime.Nanoseconds())/float64(b.N*next), "ns/next-lookup")
 }
