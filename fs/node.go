@@ -286,11 +286,9 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 	if err != nil || ll.partial == nil {
 		return ll, err
 	}
-	whole := ll.partial.awaitWhole()
-	if whole == nil {
-		if whole, _, err = n.u.buildLowerListing(n.dir.lowerDirs); err != nil {
-			return nil, err
-		}
+	whole, err := ll.partial.wholeMerge(n.u)
+	if err != nil {
+		return nil, err
 	}
 	whole.adoptDirFds(n.u, ll)
 	n.dir.listing.Store(whole)

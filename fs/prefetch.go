@@ -97,7 +97,9 @@ func (p *prefetcher) stop() {
 	p.stopped = true
 	p.pending = nil
 	for _, pm := range p.wholes {
-		pm.endWhole(nil)
+		if pm.claimWhole(wholeQueued) {
+			pm.endWhole(nil)
+		}
 	}
 	p.wholes = nil
 	p.wake.Broadcast()
@@ -158,22 +160,27 @@ func (p *prefetcher) listing(dirs lowerDirSet, forLookup bool) (*lowerListing, [
 
 // wantWhole has the whole merge of a partial listing built in the
 // background, once (probe.go): lookups probe until it is there, then
-// search it, and a listing of the directory waits for it.
+// search it. A listing of the directory that cannot wait builds it
+// itself if no worker has started it yet.
 func (p *prefetcher) wantWhole(ll *lowerListing) {
 	pm := ll.partial
-	if pm == nil || !pm.asked.CompareAndSwap(false, true) {
+	if pm == nil || !pm.wholeState.CompareAndSwap(wholeNotAsked, wholeQueued) {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
-		pm.endWhole(nil)
+		if pm.claimWhole(wholeQueued) {
+			pm.endWhole(nil)
+		}
 		return
 	}
 	p.wholes = append(p.wholes, pm)
 	if over := len(p.wholes) - maxPendingWhole; over > 0 {
 		for _, dropped := range p.wholes[:over] {
-			dropped.endWhole(nil)
+			if dropped.claimWhole(wholeQueued) {
+				dropped.endWhole(nil)
+			}
 		}
 		p.wholes = append(p.wholes[:0], p.wholes[over:]...)
 	}
@@ -219,11 +226,13 @@ func (p *prefetcher) work() {
 			return
 		}
 		if whole != nil {
-			ll, _, err := p.u.buildLowerListing(whole.dirs)
-			if err != nil {
-				ll = nil
+			if whole.claimWhole(wholeQueued) {
+				ll, _, err := p.u.buildLowerListing(whole.dirs)
+				if err != nil {
+					ll = nil
+				}
+				whole.endWhole(ll)
 			}
-			whole.endWhole(ll)
 			continue
 		}
 		// Built for a lookup: a huge layer directory is probed rather

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -65,35 +64,63 @@ type partialMerge struct {
 	dirs   lowerDirSet            // the set merged, as asked for
 	groups map[string][]layerItem // the read layers' items of each name, top layer first
 	probes []probedDir            // top layer first
-	// whole is the whole merge of dirs once the prefetcher has built it
-	// in the background (asked: it was asked to); the node then keeps it
-	// instead. wholeEnded is closed once that build has ended or was
-	// given up (endWhole).
+	// whole is the whole merge of dirs once it is built, in the
+	// background by the prefetcher or by a listing that could not wait;
+	// the node then keeps it instead. wholeState says where that build
+	// is; wholeEnded is closed when it has ended (whole is then set, or
+	// the build failed or was given up).
 	whole      atomic.Pointer[lowerListing]
-	asked      atomic.Bool
+	wholeState atomic.Int32
 	wholeEnded chan struct{}
-	endOnce    sync.Once
 }
 
-// endWhole records the end of the background build of the whole merge:
-// ll, or nil if it failed or was given up.
+// The states of a partial listing's whole merge. Whoever moves it to
+// wholeBuilding builds it and ends it (endWhole).
+const (
+	wholeNotAsked int32 = iota
+	wholeQueued         // waiting for a prefetch worker
+	wholeBuilding
+	wholeDone
+)
+
+// claimWhole moves the whole merge from state from to wholeBuilding; the
+// caller that succeeds must end it.
+func (pm *partialMerge) claimWhole(from int32) bool {
+	return pm.wholeState.CompareAndSwap(from, wholeBuilding)
+}
+
+// endWhole ends the build claimed: ll is the whole merge, or nil if it
+// failed or was given up.
 func (pm *partialMerge) endWhole(ll *lowerListing) {
-	pm.endOnce.Do(func() {
-		if ll != nil {
-			pm.whole.Store(ll)
-		}
-		close(pm.wholeEnded)
-	})
+	if ll != nil {
+		pm.whole.Store(ll)
+	}
+	pm.wholeState.Store(wholeDone)
+	close(pm.wholeEnded)
 }
 
-// awaitWhole returns the whole merge built in the background, waiting
-// for a build asked for; nil if none was asked for or it failed.
-func (pm *partialMerge) awaitWhole() *lowerListing {
-	if !pm.asked.Load() {
-		return nil
+// wholeMerge returns the whole merge: built here if no one has started
+// it, else the one being built or built, once it is there (built here
+// after all if that failed).
+func (pm *partialMerge) wholeMerge(u *union) (*lowerListing, error) {
+	if pm.claimWhole(wholeNotAsked) || pm.claimWhole(wholeQueued) {
+		ll, _, err := u.buildLowerListing(pm.dirs)
+		if err != nil {
+			ll = nil
+		}
+		pm.endWhole(ll)
+		return ll, err
 	}
 	<-pm.wholeEnded
-	return pm.whole.Load()
+	if ll := pm.whole.Load(); ll != nil {
+		return ll, nil
+	}
+	ll, _, err := u.buildLowerListing(pm.dirs)
+	if err != nil {
+		return nil, err
+	}
+	pm.whole.Store(ll)
+	return ll, nil
 }
 
 // probeScan completes the scan of a layer directory too large to read:

@@ -80,3 +80,44 @@ func describeFound(e *lowerEntry) string {
 	}
 	return describeEntry(*e)
 }
+
+// The whole merge a partial listing hands over, built by a prefetch
+// worker or by the listing itself, lists what a merge built directly
+// lists.
+func TestPartialListingHandsOverTheWholeMerge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 3))
+	for round := range 20 {
+		lowers := randomMergeStack(t, rng)
+		u, err := newUnion(Config{Lowers: lowers, ProbeDirSize: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs := wholeStack(len(lowers))
+		want, _, err := u.buildLowerListing(dirs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round%2 == 1 {
+			u.prefetch.stop() // no worker: the listing builds it itself
+		}
+		ll, _, err := u.prefetch.listing(dirs, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ll.partial == nil {
+			u.close()
+			continue // every layer lacks the directory
+		}
+		got, err := ll.partial.wholeMerge(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.partial != nil || !slices.Equal(got.names, want.names) || !reflect.DeepEqual(got.ents, want.ents) {
+			t.Fatalf("round %d: whole merge %v, want %v", round, got.names, want.names)
+		}
+		if again, _ := ll.partial.wholeMerge(u); again != got {
+			t.Fatalf("round %d: the whole merge was built twice", round)
+		}
+		u.close()
+	}
+}
