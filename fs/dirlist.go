@@ -59,6 +59,8 @@ func (e *lowerEntry) dirLayers() []int {
 // built once per directory node (lower layers never change) and answers
 // every lookup and readdir in that directory without a further syscall into
 // the lowers: a missing name costs a binary search whatever the stack depth.
+// (A partial listing, built for a lookup while a huge layer directory is
+// unread, also stats the name in that directory: probe.go.)
 //
 // It is kept as two sorted parallel slices rather than a map: a directory
 // the kernel holds keeps its listing for as long, and slices cost a third

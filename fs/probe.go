@@ -41,8 +41,10 @@ import (
 // Names with the OCI prefix never show, whatever the layers hold.
 //
 // A listing built this way answers lookups only. The first READDIR (or
-// anything else that needs every name) builds the whole merge and the
-// node keeps that instead, with the probed layers' descriptors. Probes use
+// anything else that needs every name) takes the whole merge: the one a
+// worker built, the one a worker is building (waiting for it), or one it
+// builds itself; the node keeps that instead, with the probed layers'
+// descriptors, as it does when a lookup finds it built. Probes use
 // the listing's cached layer descriptors (lowerDirFd), under the owning
 // node's mu like every other user of them.
 
