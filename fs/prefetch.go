@@ -61,8 +61,8 @@ type prefetcher struct {
 	wake *sync.Cond
 	// pending are sets to build, the most recently asked for last.
 	pending []lowerDirSet
-	// wholes are partial listings a lookup took, whose whole merge is
-	// built next (before anything pending), oldest first.
+	// wholes are partial listings whose whole merge is wanted
+	// (wantWhole), built next (before anything pending), oldest first.
 	wholes []*partialMerge
 	// building maps a set's key to a channel closed when its build ends.
 	building map[string]chan struct{}
@@ -121,8 +121,10 @@ func dirSetKey(s lowerDirSet) string {
 // listing returns the merged listing of dirs: the prefetched one if a
 // worker built it (waiting if one is building it now), else one built
 // here. Either way the subdirectories are then queued for prefetch.
-// forLookup: a partial listing will do (probe.go); else a partial one
-// built ahead is dropped and the whole merge built here.
+// forLookup: one built here is built for a lookup (partial when a layer
+// directory is huge: probe.go). One built ahead is taken either way; a
+// caller that needs every name takes a partial one's whole merge
+// (lowerListingLocked).
 func (p *prefetcher) listing(dirs lowerDirSet, forLookup bool) (*lowerListing, []int, error) {
 	key := dirSetKey(dirs)
 	p.mu.Lock()
@@ -254,8 +256,9 @@ func (p *prefetcher) work() {
 	}
 }
 
-// next waits for work: the oldest partial listing whole merge is wanted
-// (whole), else a set to build that is neither built nor being built.
+// next waits for work: the oldest partial listing whose whole merge is
+// wanted (whole), else a set to build that is neither built nor being
+// built.
 func (p *prefetcher) next() (whole *partialMerge, dirs lowerDirSet, key string, done chan struct{}, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

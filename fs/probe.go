@@ -205,13 +205,13 @@ func (pm *partialMerge) probe(u *union, ll *lowerListing, p *probedDir, name str
 	if p.lowest {
 		return items, nil
 	}
+	// A name of 252 bytes or more has no whiteout file (ENAMETOOLONG):
+	// its name would be too long.
 	err = unix.Fstatat(dirfd, whiteout.OCIName(name), &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case err == nil:
 		items = append(items, mergeItem{name: name, whiteout: true})
 	case !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENAMETOOLONG):
-		// (A name of 252 bytes or more has no whiteout file: its name
-		// would be too long.)
 		return nil, fmt.Errorf("stat %q in %s: %w", joinRel(pm.dirs.rel, whiteout.OCIName(name)), u.lowers[p.layer].path, err)
 	}
 	return items, nil
