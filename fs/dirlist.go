@@ -525,7 +525,7 @@ type scanResult struct {
 func (u *union) scanLowerDirs(dirs lowerDirSet, probeOver int64) []scanResult {
 	results := make([]scanResult, len(dirs.layers))
 	scanAt := func(i int) bool {
-		scan, err := u.scanLowerDirOver(lowerRef{layer: dirs.layers[i], rel: dirs.rel}, i == 0, probeOver)
+		scan, err := u.scanLowerDir(lowerRef{layer: dirs.layers[i], rel: dirs.rel}, i == 0, probeOver)
 		results[i] = scanResult{scan, err}
 		return err == nil && scan.opaque
 	}
@@ -574,14 +574,9 @@ func raiseOpaqueMark(at *atomic.Int64, i int64) {
 }
 
 // scanLowerDir reads one directory of one lower layer; withStat also
-// keeps the directory's attributes as the read left them.
-func (u *union) scanLowerDir(d lowerRef, withStat bool) (*layerScan, error) {
-	return u.scanLowerDirOver(d, withStat, 0)
-}
-
-// scanLowerDirOver is scanLowerDir that leaves a directory of probeOver
-// bytes or more unread (probeOver 0: none), marked probed.
-func (u *union) scanLowerDirOver(d lowerRef, withStat bool, probeOver int64) (*layerScan, error) {
+// keeps the directory's attributes as the read left them. A directory of
+// probeOver bytes or more (0: none) is left unread, marked probed.
+func (u *union) scanLowerDir(d lowerRef, withStat bool, probeOver int64) (*layerScan, error) {
 	l := u.lowers[d.layer]
 	fd, err := l.open(d.rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {

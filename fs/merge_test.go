@@ -31,7 +31,7 @@ func referenceMerge(t *testing.T, u *union, dirs lowerDirSet) ([]string, []lower
 	hidden := map[string]bool{}
 	var used []int
 	for _, li := range dirs.layers {
-		scan, err := u.scanLowerDir(lowerRef{layer: li, rel: dirs.rel}, false)
+		scan, err := u.scanLowerDir(lowerRef{layer: li, rel: dirs.rel}, false, 0)
 		if err != nil {
 			continue // every error the test makes is a missing directory
 		}
@@ -170,6 +170,25 @@ func wholeStack(depth int) lowerDirSet {
 	return lowerDirSet{rel: "d", layers: all}
 }
 
+// randomMergeUnion opens a union of cfg over a random stack
+// (randomMergeStack) and returns it with the set of its directory "d",
+// that set's whole merge and the layers merged.
+func randomMergeUnion(t *testing.T, rng *rand.Rand, cfg Config) (*union, lowerDirSet, *lowerListing, []int) {
+	t.Helper()
+	cfg.Lowers = randomMergeStack(t, rng)
+	u, err := newUnion(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := wholeStack(len(cfg.Lowers))
+	whole, used, err := u.buildLowerListing(dirs)
+	if err != nil {
+		u.close()
+		t.Fatal(err)
+	}
+	return u, dirs, whole, used
+}
+
 // Random stacks: the k-way merge of sorted layers gives the listing the
 // plain rule gives.
 func TestMergeAgreesWithReferenceOnRandomStacks(t *testing.T) {
@@ -177,16 +196,7 @@ func TestMergeAgreesWithReferenceOnRandomStacks(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	for round := range 40 {
-		lowers := randomMergeStack(t, rng)
-		u, err := newUnion(Config{Lowers: lowers})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs := wholeStack(len(lowers))
-		ll, used, err := u.buildLowerListing(dirs)
-		if err != nil {
-			t.Fatal(err)
-		}
+		u, dirs, ll, used := randomMergeUnion(t, rng, Config{})
 		names, ents, wantUsed := referenceMerge(t, u, dirs)
 		u.close()
 		if !slices.Equal(ll.names, names) || !slices.Equal(used, wantUsed) {

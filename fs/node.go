@@ -290,9 +290,16 @@ func (n *node) lowerListingLocked() (*lowerListing, error) {
 	if err != nil {
 		return nil, err
 	}
-	whole.adoptDirFds(n.u, ll)
+	return n.keepWholeLocked(ll, whole), nil
+}
+
+// keepWholeLocked has the node keep the whole merge of its partial
+// listing instead, with the descriptors the partial one cached. Caller
+// holds n.mu.
+func (n *node) keepWholeLocked(partial, whole *lowerListing) *lowerListing {
+	whole.adoptDirFds(n.u, partial)
 	n.dir.listing.Store(whole)
-	return whole, nil
+	return whole
 }
 
 // lowerLookupLocked returns the cached merge of the lower directories for
@@ -313,9 +320,7 @@ func (n *node) lowerMergeLocked(forLookup bool) (*lowerListing, error) {
 			return ll, nil
 		}
 		if whole := ll.partial.whole.Load(); whole != nil {
-			whole.adoptDirFds(n.u, ll)
-			d.listing.Store(whole)
-			return whole, nil
+			return n.keepWholeLocked(ll, whole), nil
 		}
 		return ll, nil
 	}

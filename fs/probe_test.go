@@ -19,16 +19,8 @@ func TestPartialListingFindsWhatTheWholeMergeLists(t *testing.T) {
 	names := append(slices.Clone(mergePool), "missing", ".wh.a", ".wh.", ".wh..wh..opq", ".wh..opq")
 	partials := 0
 	for round := range 60 {
-		lowers := randomMergeStack(t, rng)
-		u, err := newUnion(Config{Lowers: lowers})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs := wholeStack(len(lowers))
-		whole, wantUsed, err := u.buildLowerListing(dirs)
-		if err != nil {
-			t.Fatal(err)
-		}
+		u, dirs, whole, wantUsed := randomMergeUnion(t, rng, Config{})
+		lowers := u.cfg.Lowers
 		// 1 probes every directory; a layer's own size probes those at
 		// least as large; a huge size none.
 		for _, over := range []int64{1, layerDirSize(t, lowers[rng.IntN(len(lowers))]), 1 << 40} {
@@ -87,16 +79,7 @@ func describeFound(e *lowerEntry) string {
 func TestPartialListingHandsOverTheWholeMerge(t *testing.T) {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 3))
 	for round := range 20 {
-		lowers := randomMergeStack(t, rng)
-		u, err := newUnion(Config{Lowers: lowers, ProbeDirSize: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs := wholeStack(len(lowers))
-		want, _, err := u.buildLowerListing(dirs)
-		if err != nil {
-			t.Fatal(err)
-		}
+		u, dirs, want, _ := randomMergeUnion(t, rng, Config{ProbeDirSize: 1})
 		if round%2 == 1 {
 			u.prefetch.stop() // no worker: the listing builds it itself
 		}
