@@ -130,6 +130,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	if r.tracer != nil {
+		defer func() {
+			if err := r.tracer.close(); err != nil {
+				logf("%v", err)
+			}
+		}()
+	}
 	start := time.Now()
 	runErr := r.runAll()
 	unmountErr := errors.Join(r.reg.UnmountAll(), unmountLeftovers(o))
@@ -165,6 +172,12 @@ func prepare(ctx context.Context, o options) (*runner, error) {
 	}
 	r := &runner{ctx: ctx, opts: o, data: data, reg: &target.Registry{}, res: newResults()}
 	r.bins = target.Binaries{FuseOverlayfs: o.fuseOvl, Strata: o.strata}
+	if contains(o.targets, string(target.Strata)) || contains(o.targets, string(target.FuseOverlayfs)) {
+		r.tracer, r.traceErr = newRequestTracer()
+		if r.traceErr != nil {
+			logf("FUSE requests will not be counted: %v", r.traceErr)
+		}
+	}
 	if contains(o.targets, string(target.Strata)) && r.bins.Strata == "" {
 		r.bins.Strata, r.strataErr = buildStrata(o.scratch)
 		if r.strataErr != nil {

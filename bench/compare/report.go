@@ -18,12 +18,21 @@ import (
 // results collects the samples of a run.
 type results struct {
 	scenarios []scenario
-	samples   map[string]map[string][]float64 // metric -> target -> samples
-	failures  map[string]map[string]error     // scenario -> target -> first error
+	samples   map[string]map[string][]float64    // metric -> target -> samples
+	failures  map[string]map[string]error        // scenario -> target -> first error
+	requests  map[string]map[string]requestCount // metric -> FUSE target -> requests in repetition 1
 }
 
 func newResults() *results {
-	return &results{samples: map[string]map[string][]float64{}, failures: map[string]map[string]error{}}
+	return &results{samples: map[string]map[string][]float64{}, failures: map[string]map[string]error{},
+		requests: map[string]map[string]requestCount{}}
+}
+
+func (r *results) addRequests(metricName, targetName string, c requestCount) {
+	if r.requests[metricName] == nil {
+		r.requests[metricName] = map[string]requestCount{}
+	}
+	r.requests[metricName][targetName] = c
 }
 
 func (r *results) addScenario(sc scenario) { r.scenarios = append(r.scenarios, sc) }
@@ -56,9 +65,10 @@ func (r *results) writeJSON(path string) error {
 		}
 	}
 	b, err := json.MarshalIndent(struct {
-		Samples  map[string]map[string][]float64 `json:"samples"`
-		Failures map[string]map[string]string    `json:"failures"`
-	}{r.samples, failures}, "", "  ")
+		Samples  map[string]map[string][]float64    `json:"samples"`
+		Failures map[string]map[string]string       `json:"failures"`
+		Requests map[string]map[string]requestCount `json:"fuse_requests_first_repetition"`
+	}{r.samples, failures, r.requests}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("samples as JSON: %w", err)
 	}
@@ -151,6 +161,7 @@ func (r *runner) report(took time.Duration) string {
 			fmt.Fprintf(&b, "[%d] %s\n\n", i+1, t)
 		}
 	}
+	r.requestTable(&b)
 	return b.String()
 }
 
@@ -202,6 +213,8 @@ func formatValue(v float64, u unit) string {
 	switch u {
 	case bytesUsed:
 		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case perCall:
+		return fmt.Sprintf("%.2f µs", v*1e6)
 	default:
 		if v < 1 {
 			return fmt.Sprintf("%.1f ms", v*1000)

@@ -21,6 +21,10 @@ type runner struct {
 	strataErr error
 	reg       *target.Registry
 	res       *results
+	// tracer counts FUSE requests in the first repetition (requests.go);
+	// nil, with traceErr saying why, where the kernel cannot.
+	tracer   *requestTracer
+	traceErr error
 }
 
 // selected lists the scenarios the options pick, in table order.
@@ -89,6 +93,10 @@ func (r *runner) runOnce(sc scenario, t string, rep int) (err error) {
 	}
 	defer func() { err = errors.Join(err, m.Unmount()) }()
 	v.dir, v.mount = m.Dir, m
+	if rep == 1 && r.tracer != nil && m.Kind != target.Overlayfs {
+		v.tracer = r.tracer
+		v.recordRequests = func(name string, c requestCount) { r.res.addRequests(name, t, c) }
+	}
 	if r.opts.profile != "" && m.DaemonPID != 0 {
 		p, err := startProfile(m.DaemonPID, filepath.Join(r.opts.profile, fmt.Sprintf("%s-%s-%d", sc.name, t, rep)))
 		if err != nil {

@@ -22,6 +22,7 @@ type unit int
 const (
 	seconds unit = iota
 	bytesUsed
+	perCall // seconds per call, shown in µs
 )
 
 // metric is one row of the results table.
@@ -64,18 +65,44 @@ type view struct {
 	data  dataset
 	// record stores a sample for the current target and repetition.
 	record func(metricName string, value float64)
+	// tracer, if set, counts the FUSE requests of each timed step and
+	// hands them to recordRequests (requests.go).
+	tracer         *requestTracer
+	recordRequests func(metricName string, c requestCount)
 }
 
 // timed runs step and records its wall-clock time under metricName.
 func (v *view) timed(metricName string, step func() error) error {
+	return v.timedCalls(metricName, 1, step)
+}
+
+// timedCalls runs step, which makes calls calls of one kind, and records
+// its wall-clock time per call under metricName.
+func (v *view) timedCalls(metricName string, calls int, step func() error) error {
 	if err := v.ctx.Err(); err != nil {
 		return err
 	}
-	start := time.Now()
-	if err := step(); err != nil {
-		return fmt.Errorf("%s: %w", metricName, err)
+	var took time.Duration
+	timedStep := func() error {
+		start := time.Now()
+		if err := step(); err != nil {
+			return err
+		}
+		took = time.Since(start)
+		return nil
 	}
-	v.record(metricName, time.Since(start).Seconds())
+	if v.tracer == nil {
+		if err := timedStep(); err != nil {
+			return fmt.Errorf("%s: %w", metricName, err)
+		}
+	} else {
+		c, err := v.tracer.count(v.dir, timedStep)
+		if err != nil {
+			return fmt.Errorf("%s: %w", metricName, err)
+		}
+		v.recordRequests(metricName, c)
+	}
+	v.record(metricName, took.Seconds()/float64(calls))
 	return nil
 }
 
@@ -121,6 +148,13 @@ func lastLines(s string, n int) string {
 
 // statCount is how many names each stat step looks up.
 const statCount = 10_000
+
+// roundTripCalls is how many getxattr calls the roundtrip workload times.
+const roundTripCalls = 20_000
+
+// roundTripMetric is the roundtrip workload's row; the request table
+// prices each workload's requests at strata's median of it.
+const roundTripMetric = "getxattr(security.selinux) of a file without xattrs, per call"
 
 // scenarios is every workload, in table order.
 var scenarios = []scenario{
@@ -278,6 +312,43 @@ var scenarios = []scenario{
 			})
 		},
 	},
+	{
+		// ls -l asks every file for its security.selinux label, and FUSE
+		// caches no xattr answers, so each call is one request to a FUSE
+		// daemon, and nearly the cheapest one to answer: this row is
+		// what a round trip costs on the machine. Kernel overlayfs and
+		// the plain directory answer in the kernel.
+		name: "roundtrip", about: "20,000 getxattr(security.selinux) calls on a lower file without xattrs: a FUSE daemon's round trip",
+		metrics: []metric{{roundTripMetric, perCall}},
+		run: func(v *view) error {
+			file := v.path(bigFileA)
+			// The first call looks the file up; the rest are the
+			// getxattr alone.
+			if err := absentLabel(file); err != nil {
+				return err
+			}
+			return v.timedCalls(roundTripMetric, roundTripCalls, func() error {
+				for range roundTripCalls {
+					if err := absentLabel(file); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	},
+}
+
+// absentLabel asks file for its SELinux label, as ls -l does, and checks
+// the answer is ENODATA (the file has none, and the layers' filesystem
+// supports security xattrs).
+func absentLabel(file string) error {
+	var buf [256]byte
+	_, err := unix.Lgetxattr(file, "security.selinux", buf[:])
+	if err != unix.ENODATA {
+		return fmt.Errorf("getxattr security.selinux of %s: %v, want ENODATA", file, err)
+	}
+	return nil
 }
 
 // deepStatScenario looks up 10,000 missing names and 10,000 names of the
