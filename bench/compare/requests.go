@@ -75,38 +75,44 @@ func newRequestTracer() (*requestTracer, error) {
 	return t, nil
 }
 
-// close removes the trace instance and its buffers.
+// close removes the trace instance, which also turns its event off.
 func (t *requestTracer) close() error {
-	writeTraceFile(filepath.Join(t.event, "enable"), "0")
 	if err := os.Remove(traceInstance); err != nil {
 		return fmt.Errorf("remove trace instance: %w", err)
 	}
 	return nil
 }
 
-// count runs step with the requests to the FUSE mount at dir traced.
-func (t *requestTracer) count(dir string, step func() error) (requestCount, error) {
+// count runs step with the requests to the FUSE mount at dir traced. The
+// step runs whatever happens to the tracing: stepErr is its own error,
+// traceErr says why its requests could not be counted.
+func (t *requestTracer) count(dir string, step func() error) (c requestCount, stepErr, traceErr error) {
+	if traceErr = t.start(dir); traceErr != nil {
+		return requestCount{}, step(), traceErr
+	}
+	stepErr = step()
+	if err := writeTraceFile(filepath.Join(t.event, "enable"), "0"); err != nil {
+		return requestCount{}, stepErr, err
+	}
+	c, traceErr = readRequestCount(filepath.Join(traceInstance, "trace"))
+	return c, stepErr, traceErr
+}
+
+// start empties the trace and turns the tracepoint on for the FUSE
+// connection mounted at dir only.
+func (t *requestTracer) start(dir string) error {
 	conn, err := fuseConnection(dir)
 	if err != nil {
-		return requestCount{}, err
+		return err
 	}
 	if err := writeTraceFile(filepath.Join(t.event, "filter"), fmt.Sprintf("connection == %d", conn)); err != nil {
-		return requestCount{}, err
+		return err
 	}
+	// Opening the trace for writing with O_TRUNC empties its buffers.
 	if err := writeTraceFile(filepath.Join(traceInstance, "trace"), ""); err != nil {
-		return requestCount{}, err
+		return err
 	}
-	if err := writeTraceFile(filepath.Join(t.event, "enable"), "1"); err != nil {
-		return requestCount{}, err
-	}
-	stepErr := step()
-	if err := writeTraceFile(filepath.Join(t.event, "enable"), "0"); err != nil {
-		return requestCount{}, errors.Join(stepErr, err)
-	}
-	if stepErr != nil {
-		return requestCount{}, stepErr
-	}
-	return readRequestCount(filepath.Join(traceInstance, "trace"))
+	return writeTraceFile(filepath.Join(t.event, "enable"), "1")
 }
 
 // fuseConnection is the number the kernel gives the FUSE connection

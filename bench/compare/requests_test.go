@@ -2,8 +2,12 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/strata-fs/strata/bench/target"
+	"golang.org/x/sys/unix"
 )
 
 // A trace whose buffer overflowed: the kinds come from the lines left,
@@ -44,4 +48,73 @@ func TestGroupThousands(t *testing.T) {
 			t.Errorf("groupThousands(%d) = %q, want %q", n, got, want)
 		}
 	}
+}
+
+// On two FUSE mounts at once, the tracer counts the requests of the one
+// it is pointed at, and all of them.
+func TestRequestTracerCountsOneMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("tracing and mounting need root")
+	}
+	if _, err := exec.LookPath("fuse-overlayfs"); err != nil {
+		t.Skip("fuse-overlayfs not installed")
+	}
+	tracer, err := newRequestTracer()
+	if err != nil {
+		t.Skipf("no request counts on this kernel: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := tracer.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	counted, other := mountOneFile(t), mountOneFile(t)
+	getxattrs := func(dir string, n int) {
+		var buf [64]byte
+		for range n {
+			unix.Lgetxattr(filepath.Join(dir, "f"), "user.strata-absent", buf[:])
+		}
+	}
+	// The path is looked up before the step, so the step asks for
+	// nothing but the xattr.
+	getxattrs(counted, 1)
+	getxattrs(other, 1)
+	c, stepErr, traceErr := tracer.count(counted, func() error {
+		getxattrs(counted, 100)
+		getxattrs(other, 50)
+		return nil
+	})
+	if stepErr != nil || traceErr != nil {
+		t.Fatal(stepErr, traceErr)
+	}
+	if c.ByKind["FUSE_GETXATTR"] != 100 || c.Total < 100 || c.Total >= 150 {
+		t.Fatalf("counted %d requests (%v), want the 100 GETXATTRs of one mount", c.Total, c.ByKind)
+	}
+}
+
+// mountOneFile mounts fuse-overlayfs over a layer holding the file f and
+// returns the mount point; the mount goes when the test ends.
+func mountOneFile(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	spec := target.Spec{Lowers: []string{filepath.Join(dir, "lower")}, Upper: filepath.Join(dir, "upper"),
+		Work: filepath.Join(dir, "work"), Dir: filepath.Join(dir, "mnt")}
+	for _, d := range []string{spec.Lowers[0], spec.Upper, spec.Work, spec.Dir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(spec.Lowers[0], "f"), []byte("f"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := target.New(target.FuseOverlayfs, spec, target.Binaries{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return spec.Dir
 }

@@ -96,11 +96,15 @@ func (v *view) timedCalls(metricName string, calls int, step func() error) error
 			return fmt.Errorf("%s: %w", metricName, err)
 		}
 	} else {
-		c, err := v.tracer.count(v.dir, timedStep)
-		if err != nil {
-			return fmt.Errorf("%s: %w", metricName, err)
+		c, stepErr, traceErr := v.tracer.count(v.dir, timedStep)
+		if stepErr != nil {
+			return fmt.Errorf("%s: %w", metricName, stepErr)
 		}
-		v.recordRequests(metricName, c)
+		if traceErr != nil {
+			logf("  %s: requests not counted: %v", metricName, traceErr)
+		} else {
+			v.recordRequests(metricName, c)
+		}
 	}
 	v.record(metricName, took.Seconds()/float64(calls))
 	return nil
