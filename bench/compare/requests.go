@@ -28,7 +28,7 @@ import (
 // well under a microsecond a request, beside round trips of ten or more,
 // and only in one repetition of each.
 //
-// Kernels without the tracepoint (it came in 6.15) or without tracefs
+// Kernels without the tracepoint (recent ones have it; 6.18 does) or without tracefs
 // simply get no request table.
 
 // traceInstance is the bench's own tracefs instance, made for the run and
