@@ -16,11 +16,38 @@ import (
 // system calls on it (cachedDirFd.with: a lookup, open, stat, setattr or
 // xattr call on a child), and hands out duplicates to the rest. A descriptor follows its directory through renames,
 // so it never goes stale the way a path would; a removed directory's node
-// is detached and no longer asked. The number kept is bounded (maxDirFds)
+// is detached and no longer asked. The number kept is bounded (maxDirFds,
+// less under a low descriptor limit: descriptorBudget)
 // so a walk over a huge tree cannot exhaust the process's descriptors.
 
-// maxDirFds bounds the cached directory descriptors of one mount.
+// maxDirFds bounds the cached directory descriptors of one mount; a low
+// descriptor limit lowers it (descriptorBudget).
 const maxDirFds = 4096
+
+// descriptorBudget splits the process's descriptor limit among what a
+// mount keeps open to save system calls: cached directory descriptors
+// (here, and the lower ones of merged listings, dirlist.go) get at most a
+// quarter of it, and idle passthrough registrations (file.go) at most
+// half of what that leaves. The rest, three eighths of the limit at
+// least, is for the handles the kernel opens (a passthrough handle costs
+// two: its own descriptor and its registration's) and for what a request
+// opens while it runs. Under a generous limit both caches are at their
+// caps; under a hard limit of 1,024, a fixed cache of 4,096 directory
+// descriptors filled up in one ls -lR, and every open and create in the
+// view then failed with EMFILE until the kernel forgot nodes.
+func descriptorBudget(limit int64) (dirFds, idleBackings int64) {
+	dirFds = min(maxDirFds, limit/4)
+	return dirFds, max(0, min(maxIdleBackings, (limit-dirFds)/2))
+}
+
+// openFileLimit is the process's current limit on open descriptors.
+func openFileLimit() int64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return int64(min(lim.Cur, 1<<40))
+}
 
 // cachedDirFd is one directory node's cached descriptor. Its mutex is a
 // leaf lock. A nil cache (the node is not a directory) holds nothing and
@@ -69,7 +96,7 @@ func (c *cachedDirFd) keep(u *union, fd int) {
 	if c == nil {
 		return
 	}
-	if u.dirFds.Add(1) > maxDirFds {
+	if u.dirFds.Add(1) > u.maxDirFds {
 		u.dirFds.Add(-1)
 		return
 	}

@@ -104,7 +104,7 @@ func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, boo
 	if err != nil {
 		return -1, false, err
 	}
-	if u.dirFds.Add(1) > maxDirFds {
+	if u.dirFds.Add(1) > u.maxDirFds {
 		u.dirFds.Add(-1)
 		return fd, true, nil
 	}

@@ -47,20 +47,8 @@ type openState struct {
 // file the kernel holds and a descriptor the daemon keeps; a file opened
 // again and again (grep after an untar, a build reading headers) reuses
 // its registration instead, and its read-only opens are lazy (see file).
-// A mount keeps at most half the descriptors its limit leaves beside the
-// directory cache this way (idleBackingLimit); the other half is for open
-// handles.
+// A low descriptor limit lowers it (descriptorBudget, dirfd.go).
 const maxIdleBackings = 8192
-
-// idleBackingLimit is maxIdleBackings, or less under a low descriptor
-// limit.
-func idleBackingLimit() int64 {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 0
-	}
-	return max(0, min(maxIdleBackings, (int64(lim.Cur)-maxDirFds)/2))
-}
 
 // ioMode is how a node's open files are served.
 type ioMode uint8

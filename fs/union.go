@@ -104,8 +104,9 @@ type union struct {
 	// idleBackings counts passthrough backing files kept registered for
 	// nodes with no handle open (file.go keepBacking).
 	idleBackings atomic.Int64
-	// maxIdleBackings bounds idleBackings (idleBackingLimit).
-	maxIdleBackings int64
+	// maxIdleBackings bounds idleBackings, maxDirFds dirFds: the
+	// descriptor limit's shares (descriptorBudget).
+	maxIdleBackings, maxDirFds int64
 	// retired holds backing ids of removed objects not yet let go of
 	// (retire.go).
 	retired backingRetirer
@@ -148,7 +149,8 @@ func newUnion(cfg Config) (*union, error) {
 	if (cfg.Upper == "") != (cfg.Work == "") {
 		return nil, ErrUpperNeedWork
 	}
-	u := &union{cfg: cfg, nodes: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}, maxIdleBackings: idleBackingLimit()}
+	u := &union{cfg: cfg, nodes: map[uint64]*node{}, aliases: map[*node][]alias{}, twins: map[uint64]struct{}{}, superseded: map[*node]uint64{}, removed: map[*node]unix.Stat_t{}}
+	u.maxDirFds, u.maxIdleBackings = descriptorBudget(openFileLimit())
 	ok := false
 	defer func() {
 		if !ok {

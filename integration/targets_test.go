@@ -137,10 +137,13 @@ func readFsContextLog(fsfd int) string {
 }
 
 // strataTarget runs the strata binary built by TestMain, with the mount
-// options given (-o).
+// options given (-o), and with at most fileLimit open descriptors if
+// that is set (prlimit lowers both the soft and the hard limit, which the
+// daemon would otherwise raise the soft one to).
 type strataTarget struct {
-	bin     string
-	options []string
+	bin       string
+	options   []string
+	fileLimit int
 }
 
 func (strataTarget) name() string { return "strata" }
@@ -157,6 +160,10 @@ func (s strataTarget) mount(d stackDirs, mnt, logFile string) error {
 		args = append(args, "-o", strings.Join(s.options, ","))
 	}
 	args = append(args, mnt)
+	if s.fileLimit > 0 {
+		limit := fmt.Sprintf("--nofile=%d:%d", s.fileLimit, s.fileLimit)
+		return runLogged(logFile, "prlimit", append([]string{limit, "--", s.bin}, args...)...)
+	}
 	return runLogged(logFile, s.bin, args...)
 }
 
