@@ -40,6 +40,18 @@ func descriptorBudget(limit int64) (dirFds, idleBackings int64) {
 	return dirFds, max(0, min(maxIdleBackings, (limit-dirFds)/2))
 }
 
+// reserveDirFd takes a place in the mount's budget of cached directory
+// descriptors, if one is left; releaseDirFd gives one back.
+func (u *union) reserveDirFd() bool {
+	if u.dirFds.Add(1) > u.maxDirFds {
+		u.dirFds.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (u *union) releaseDirFd() { u.dirFds.Add(-1) }
+
 // openFileLimit is the process's current limit on open descriptors.
 func openFileLimit() int64 {
 	var lim unix.Rlimit
@@ -96,20 +108,19 @@ func (c *cachedDirFd) keep(u *union, fd int) {
 	if c == nil {
 		return
 	}
-	if u.dirFds.Add(1) > u.maxDirFds {
-		u.dirFds.Add(-1)
+	if !u.reserveDirFd() {
 		return
 	}
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		u.dirFds.Add(-1)
+		u.releaseDirFd()
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fd > 0 {
 		unix.Close(dup)
-		u.dirFds.Add(-1)
+		u.releaseDirFd()
 		return
 	}
 	c.fd = dup
@@ -125,6 +136,6 @@ func (c *cachedDirFd) drop(u *union) {
 	if c.fd > 0 {
 		unix.Close(c.fd)
 		c.fd = 0
-		u.dirFds.Add(-1)
+		u.releaseDirFd()
 	}
 }

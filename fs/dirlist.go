@@ -104,8 +104,7 @@ func (ll *lowerListing) lowerDirFd(u *union, dirs lowerDirSet, li int) (int, boo
 	if err != nil {
 		return -1, false, err
 	}
-	if u.dirFds.Add(1) > u.maxDirFds {
-		u.dirFds.Add(-1)
+	if !u.reserveDirFd() {
 		return fd, true, nil
 	}
 	ll.dirFds = append(ll.dirFds, layerDirFd{layer: li, fd: fd})
@@ -148,7 +147,7 @@ func (ll *lowerListing) adoptDirFds(u *union, old *lowerListing) {
 	for _, c := range fds {
 		if _, kept := ll.keptFdLocked(c.layer); kept {
 			unix.Close(c.fd)
-			u.dirFds.Add(-1)
+			u.releaseDirFd()
 			continue
 		}
 		ll.dirFds = append(ll.dirFds, c)
@@ -162,7 +161,7 @@ func (ll *lowerListing) closeDirFds(u *union) {
 	defer ll.fdMu.Unlock()
 	for _, c := range ll.dirFds {
 		unix.Close(c.fd)
-		u.dirFds.Add(-1)
+		u.releaseDirFd()
 	}
 	ll.dirFds = nil
 }
@@ -598,7 +597,7 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool, probeOver int64) (*layer
 		case whiteout.IsOCIOpaque(name):
 			scan.opaque = true
 			return nil
-		case len(name) > len(whiteout.OCIPrefix) && name[:len(whiteout.OCIPrefix)] == whiteout.OCIPrefix:
+		case hasOCIWhiteoutPrefix(name):
 			if target, ok := whiteout.OCITarget(name); ok {
 				scan.items = append(scan.items, mergeItem{name: target, whiteout: true})
 			}
@@ -611,7 +610,7 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool, probeOver int64) (*layer
 				return fmt.Errorf("stat %q in %s: %w", joinRel(d.rel, name), l.path, err)
 			}
 			mode = st.Mode & unix.S_IFMT
-			if whiteout.IsCharWhiteout(&st) || (xwhiteouts && whiteout.IsWhiteout(fd, name, &st)) {
+			if isLayerWhiteout(fd, name, &st, xwhiteouts) {
 				scan.items = append(scan.items, mergeItem{name: name, whiteout: true})
 				return nil
 			}
@@ -627,6 +626,21 @@ func (u *union) scanLowerDir(d lowerRef, withStat bool, probeOver int64) (*layer
 		}
 	}
 	return scan, err
+}
+
+// hasOCIWhiteoutPrefix reports whether name starts with the OCI whiteout
+// prefix and goes on: a layer never shows such a name (it is a whiteout
+// file, or not a valid one and ignored).
+func hasOCIWhiteoutPrefix(name string) bool {
+	return len(name) > len(whiteout.OCIPrefix) && strings.HasPrefix(name, whiteout.OCIPrefix)
+}
+
+// isLayerWhiteout reports whether the entry name (stat st) of the layer
+// directory open as fd is a whiteout: a whiteout device, or a whiteout
+// file in a directory marked to hold them (xwhiteouts). Reading a layer
+// and probing one decide by this one rule.
+func isLayerWhiteout(fd int, name string, st *unix.Stat_t, xwhiteouts bool) bool {
+	return whiteout.IsCharWhiteout(st) || xwhiteouts && whiteout.IsWhiteout(fd, name, st)
 }
 
 // overlayOpaqueValue reads the overlay opaque xattr of a directory fd, from

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -153,8 +152,8 @@ func newPartialMerge(dirs lowerDirSet, runs []mergeRun, probes []probedDir) *par
 // in stack order, merged by the rule of the whole merge. Caller holds the
 // owning node's mu (ll's descriptors).
 func (pm *partialMerge) find(u *union, ll *lowerListing, name string) (*lowerEntry, error) {
-	if len(name) > len(whiteout.OCIPrefix) && strings.HasPrefix(name, whiteout.OCIPrefix) {
-		return nil, nil // a layer never shows such a name (scanLowerDir)
+	if hasOCIWhiteoutPrefix(name) {
+		return nil, nil
 	}
 	read := pm.groups[name]
 	var probed []layerItem
@@ -197,7 +196,7 @@ func (pm *partialMerge) probe(u *union, ll *lowerListing, p *probedDir, name str
 	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case err == nil:
-		hidden := whiteout.IsCharWhiteout(&st) || p.xwhiteouts && st.Mode&unix.S_IFMT == unix.S_IFREG && whiteout.IsWhiteout(dirfd, name, &st)
+		hidden := isLayerWhiteout(dirfd, name, &st, p.xwhiteouts)
 		items = append(items, mergeItem{name: name, ino: st.Ino, mode: st.Mode & unix.S_IFMT, whiteout: hidden})
 	case !errors.Is(err, unix.ENOENT):
 		return nil, fmt.Errorf("stat %q in %s: %w", joinRel(pm.dirs.rel, name), u.lowers[p.layer].path, err)
